@@ -1,0 +1,3 @@
+from jmlr.cli import main
+
+raise SystemExit(main())
