@@ -74,6 +74,34 @@ class MCQ:
     def answer_text(self) -> str:
         return self.options[self.answer]
 
+    @property
+    def retrieval_query(self) -> str:
+        """What the retriever searches with: the question and its options (options carry
+        most of the lexical match, as in the authors' ``input`` field).
+
+        >>> MCQ("q1", "Fever and rash?", {"A": "Measles", "B": "Gout"}, "A").retrieval_query
+        'Fever and rash? A: Measles B: Gout'
+        """
+        opts = " ".join(f"{letter}: {text}" for letter, text in self.options.items())
+        return f"{self.question} {opts}"
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any], path: str | Path = "<memory>",
+                  line: int | None = None) -> MCQ:
+        """Read our own jsonl row (the generic format); validated, errors located."""
+        for key in ("id", "question", "options", "answer"):
+            if key not in row:
+                raise DataError(path, line, key, "missing")
+        gold = row.get("gold_passage_ids") or []
+        if not isinstance(gold, list):
+            raise DataError(path, line, "gold_passage_ids", "must be a list of passage ids")
+        meta = row.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise DataError(path, line, "metadata", "must be an object")
+        return cls(id=str(row["id"]), question=row["question"], options=row["options"],
+                   answer=str(row["answer"]).strip().upper(), rationale=row.get("rationale") or None,
+                   gold_passage_ids=[str(g) for g in gold], metadata=meta).validate(path, line)
+
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
             "id": self.id,
