@@ -1,0 +1,377 @@
+"""Question readers: public benchmark files, as distributed, to validated ``MCQ`` objects.
+
+Format names (``data.format`` in the config, ``--format`` for ``jmlr check-data``):
+
+``jmlr``
+    Our generic jsonl, one ``MCQ.to_json()`` object a line::
+
+        {"id": "q1", "question": "...", "options": {"A": "...", "B": "..."}, "answer": "B",
+         "rationale": "... (optional)", "gold_passage_ids": ["p7"] (optional),
+         "metadata": {"subject": "..."} (optional)}
+
+    Options are keyed by consecutive letters from "A"; ``answer`` is one of them. Any other
+    question bank (e.g. an Amboss-style export) can be converted to it; ``write_questions``
+    writes it.
+``medqa``
+    MedQA (USMLE) jsonl: ``question``, ``options`` {A..D} or {A..E}, ``answer_idx`` (letter),
+    ``answer`` (must equal the option text at ``answer_idx``), ``meta_info`` (kept in metadata).
+``medmcqa``
+    MedMCQA json-lines: ``id``, ``question``, ``opa``..``opd``, ``cop`` (0-based as in the
+    hub release; 1-based with ``medmcqa_one_based``), ``exp`` (rationale), ``subject_name``,
+    ``topic_name``. Rows without an answer (the test split) are rejected.
+``mmlu``
+    MMLU as on the hub, jsonl or parquet: ``question``, ``choices`` (list), ``answer``
+    (index 0-3 or a letter), ``subject``.
+``mmlu_csv``
+    Original MMLU headerless CSV rows ``question,A,B,C,D,answer``; the subject comes from
+    the file name (``anatomy_test.csv`` -> ``anatomy``).
+``jmlr_ref``
+    The JMLR authors' format, jsonl or one JSON list: ``input`` (question with its options
+    written inside the text), ``output`` (starts with the answer letter; a rationale may
+    follow), ``doc`` (candidate passages, kept as ``metadata["docs"]``).
+
+Ids: the source's ``id`` when it has one, otherwise ``<file stem>-<line>`` (stable while the
+file does not change). Every error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from jmlr.data.refparse import parse_output, split_options
+from jmlr.data.rows import (
+    JSON_SUFFIXES,
+    first_row,
+    iter_csv_records,
+    iter_json_rows,
+    iter_parquet_rows,
+    require_file,
+)
+from jmlr.data.schema import MCQ, check_unique_ids, option_letters
+from jmlr.errors import DataError
+from jmlr.io import write_jsonl
+
+log = logging.getLogger(__name__)
+
+QUESTION_FORMATS = ("jmlr", "medqa", "medmcqa", "mmlu", "mmlu_csv", "jmlr_ref")
+MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
+
+
+class _Row:
+    """One source row with the location that its errors report."""
+
+    def __init__(self, data: dict[str, Any], path: Path, line: int) -> None:
+        self.data, self.path, self.line = data, path, line
+
+    def error(self, field: str | None, message: str) -> DataError:
+        return DataError(self.path, self.line, field, message)
+
+    def text(self, field: str, required: bool = True) -> str | None:
+        value = self.data.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if required:
+                raise self.error(field, "missing" if value is None else "is empty")
+            return None
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise self.error(field, f"must be text, got {type(value).__name__}")
+        return str(value).strip()
+
+    def item_id(self) -> str:
+        source_id = self.text("id", required=False)
+        return source_id or f"{self.path.stem}-{self.line}"
+
+
+def _letter(row: _Row, field: str, value: Any, options: dict[str, str]) -> str:
+    """Check an answer letter against the options; errors name the source field."""
+    if not isinstance(value, str) or not value.strip():
+        raise row.error(field, "missing" if value is None else "must be an option letter")
+    letter = value.strip().upper()
+    if letter not in options:
+        letters = list(options)
+        span = f"{letters[0]}-{letters[-1]}" if letters else "(none)"
+        raise row.error(field, f"letter {value.strip()!r} is not among the options {span}")
+    return letter
+
+
+def _lettered(row: _Row, field: str, texts: list[Any]) -> dict[str, str]:
+    if len(texts) < 2:
+        raise row.error(field, f"need at least two options, got {len(texts)}")
+    options = {}
+    for letter, text in zip(option_letters(len(texts)), texts, strict=True):
+        if not isinstance(text, str | int | float) or not str(text).strip():
+            raise row.error(field, f"option {letter} is empty or not text")
+        options[letter] = str(text).strip()
+    return options
+
+
+def _from_medqa(row: _Row, **_: Any) -> MCQ:
+    raw = row.data.get("options")
+    if raw is None:
+        raise row.error("options", "missing")
+    if isinstance(raw, list):  # some mirrors store [{"key": "A", "value": "..."}, ...]
+        try:
+            raw = {str(o["key"]): o["value"] for o in raw}
+        except (KeyError, TypeError):
+            raise row.error("options", "a list of options must hold {key, value} objects") from None
+    if not isinstance(raw, dict):
+        raise row.error("options", "must be an object {letter: text}")
+    keys = sorted(raw, key=str)  # order by letter, whatever order the file lists them in
+    if not 2 <= len(keys) <= 26 or keys != option_letters(len(keys)):
+        raise row.error("options", "keys must be consecutive letters from A, got "
+                                   f"{', '.join(map(str, raw)) or 'none'}")
+    options = _lettered(row, "options", [raw[k] for k in keys])
+    letter = _letter(row, "answer_idx", row.data.get("answer_idx"), options)
+    answer_text = row.text("answer", required=False)
+    if answer_text is not None and " ".join(answer_text.split()) != " ".join(options[letter].split()):
+        raise row.error("answer", f"{answer_text!r} is not the text of option {letter} "
+                                  f"({options[letter]!r})")
+    meta = {"meta_info": row.data["meta_info"]} if row.data.get("meta_info") else {}
+    return MCQ(row.item_id(), row.text("question"), options, letter, metadata=meta)
+
+
+def _from_medmcqa(row: _Row, medmcqa_one_based: bool = False, **_: Any) -> MCQ:
+    options = {letter: row.text(name) for letter, name in zip("ABCD", MEDMCQA_OPTION_FIELDS, strict=True)}
+    cop = row.data.get("cop")
+    if cop is None or cop == "" or cop == -1 or cop == "-1":
+        raise row.error("cop", "no answer (the MedMCQA test split is released without answers)")
+    try:
+        index = int(cop)
+    except (TypeError, ValueError):
+        raise row.error("cop", f"must be an integer, got {cop!r}") from None
+    base = 1 if medmcqa_one_based else 0
+    if not base <= index <= base + 3:
+        hint = ("; this file looks 0-based: drop --one-based / set data.medmcqa_one_based=false"
+                if medmcqa_one_based and index == 0 else
+                "; this file looks 1-based: pass --one-based / set data.medmcqa_one_based=true"
+                if not medmcqa_one_based and index == 4 else "")
+        raise row.error("cop", f"{index} is out of range {base}-{base + 3}{hint}")
+    meta = {key: row.data[src] for key, src in
+            (("subject", "subject_name"), ("topic", "topic_name"), ("choice_type", "choice_type"))
+            if isinstance(row.data.get(src), str) and row.data[src].strip()}
+    return MCQ(row.item_id(), row.text("question"), options, "ABCD"[index - base],
+               rationale=row.text("exp", required=False), metadata=meta)
+
+
+def _mmlu_answer(row: _Row, value: Any, options: dict[str, str]) -> str:
+    if isinstance(value, bool):
+        raise row.error("answer", f"must be an index or a letter, got {value!r}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int):
+        if not 0 <= value < len(options):
+            raise row.error("answer", f"index {value} is out of range 0-{len(options) - 1}")
+        return list(options)[value]
+    return _letter(row, "answer", value, options)
+
+
+def _from_mmlu(row: _Row, **_: Any) -> MCQ:
+    choices = row.data.get("choices")
+    if choices is None:
+        raise row.error("choices", "missing")
+    if not isinstance(choices, list | tuple):
+        raise row.error("choices", "must be a list of option texts")
+    options = _lettered(row, "choices", list(choices))
+    if row.data.get("answer") is None:
+        raise row.error("answer", "missing")
+    letter = _mmlu_answer(row, row.data["answer"], options)
+    subject = row.text("subject", required=False)
+    return MCQ(row.item_id(), row.text("question"), options, letter,
+               metadata={"subject": subject} if subject else {})
+
+
+def mmlu_subject(path: str | Path) -> str:
+    """The MMLU subject named by an original CSV file name.
+
+    >>> mmlu_subject("data/test/clinical_knowledge_test.csv")
+    'clinical_knowledge'
+    """
+    return re.sub(r"_(test|dev|val)$", "", Path(path).stem)
+
+
+def _from_mmlu_csv(row: _Row, **_: Any) -> MCQ:
+    record = row.data["record"]
+    if len(record) != 6:
+        raise row.error("columns", f"expected 6 columns (question, A, B, C, D, answer), got {len(record)}")
+    options = _lettered(row, "options", record[1:5])
+    letter = _letter(row, "answer", record[5], options)
+    question = record[0].strip()
+    if not question:
+        raise row.error("question", "is empty")
+    return MCQ(f"{row.path.stem}-{row.line}", question, options, letter,
+               metadata={"subject": mmlu_subject(row.path)})
+
+
+def _from_jmlr_ref(row: _Row, **_: Any) -> MCQ:
+    text = row.text("input")
+    split = split_options(text or "")
+    if split is None:
+        raise row.error("input", "found no options in the text (expected lines like 'A. ...', "
+                                 "'A: ...', '(A) ...' or a letter alone on a line)")
+    question, options = split
+    output = row.text("output")
+    letter, rationale = parse_output(output or "", options)
+    if letter is None:
+        raise row.error("output", f"must start with the answer letter, got {output[:40]!r}")
+    letter = _letter(row, "output", letter, options)
+    docs = row.data.get("doc")
+    if docs is not None and (not isinstance(docs, list) or not all(isinstance(d, str) for d in docs)):
+        raise row.error("doc", "must be a list of passage texts")
+    return MCQ(row.item_id(), question, options, letter, rationale=rationale,
+               metadata={"docs": docs} if docs else {})
+
+
+def _from_jmlr(row: _Row, **_: Any) -> MCQ:
+    return MCQ.from_json(row.data, row.path, row.line)
+
+
+_READERS: dict[str, Callable[..., MCQ]] = {
+    "jmlr": _from_jmlr, "medqa": _from_medqa, "medmcqa": _from_medmcqa, "mmlu": _from_mmlu,
+    "mmlu_csv": _from_mmlu_csv, "jmlr_ref": _from_jmlr_ref,
+}
+
+
+def _format_list() -> str:
+    return ", ".join(QUESTION_FORMATS)
+
+
+def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, format) judged from one row's keys, or None when nothing fits."""
+    keys = set(row)
+    if "input" in keys and "output" in keys:
+        return "questions", "jmlr_ref"
+    if {"opa", "opb"} <= keys:  # not "cop": test-split rows lack it and get a clear error
+        return "questions", "medmcqa"
+    if "question" in keys and "answer_idx" in keys:
+        return "questions", "medqa"
+    if "question" in keys and "choices" in keys:
+        return "questions", "mmlu"
+    if {"id", "question", "options", "answer"} <= keys:
+        return "questions", "jmlr"
+    if keys & {"id", "_id", "pid", "docid"} and keys & {"text", "content", "contents"}:
+        return "corpus", ""  # jsonl or parquet: the caller knows the extension
+    return None
+
+
+def sniff(path: str | Path) -> tuple[str, str]:
+    """Whether ``path`` holds questions or passages, and in which format.
+
+    Returns ("questions", question format) or ("corpus", corpus format). Raises DataError
+    naming the file and listing the known formats when nothing fits.
+    """
+    path = require_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "questions", "mmlu_csv"
+    if suffix == ".tsv":
+        return "corpus", "tsv"
+    if suffix == ".parquet" or suffix in JSON_SUFFIXES:
+        judged = _kind_of_row(first_row(path))
+        if judged is not None:
+            kind, fmt = judged
+            if kind == "corpus":
+                fmt = "parquet" if suffix == ".parquet" else "jsonl"
+            return kind, fmt
+    raise DataError(path, None, "format",
+                    "cannot tell the format from the extension and the first row's keys; "
+                    f"name it with --format / data.format (question formats: {_format_list()}; "
+                    "corpus formats: jsonl, tsv, parquet)")
+
+
+def detect_format(path: str | Path) -> str:
+    """The question format of ``path`` from its extension and first row's keys."""
+    kind, fmt = sniff(path)
+    if kind != "questions":
+        raise DataError(path, None, "format",
+                        f"looks like a passage corpus ({fmt}), not a question file "
+                        f"(question formats: {_format_list()})")
+    return fmt
+
+
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    if fmt == "mmlu_csv":
+        for line, record in iter_csv_records(path):
+            yield line, {"record": record}
+    elif path.suffix.lower() == ".parquet":
+        yield from iter_parquet_rows(path)
+    else:
+        yield from iter_json_rows(path)
+
+
+def load_questions(path: str | Path, fmt: str = "auto",
+                   medmcqa_one_based: bool = False) -> list[MCQ]:
+    """Read a question file in any supported format: validated MCQs with unique ids.
+
+    ``fmt`` is one of QUESTION_FORMATS or "auto" (detect from the extension and first row).
+    """
+    path = Path(path)
+    if fmt == "auto":
+        fmt = detect_format(path)
+    elif fmt not in _READERS:
+        raise DataError(path, None, "format",
+                        f"unknown question format {fmt!r} (known: auto, {_format_list()})")
+    reader = _READERS[fmt]
+    questions: list[MCQ] = []
+    lines: list[int] = []
+    rows = tqdm(_rows(path, fmt), desc=f"reading {path.name}", unit=" rows", disable=None, leave=False)
+    for line, data in rows:
+        row = _Row(data, path, line)
+        questions.append(reader(row, medmcqa_one_based=medmcqa_one_based).validate(path, line))
+        lines.append(line)
+    check_unique_ids(zip(lines, (q.id for q in questions), strict=True), path, "question")
+    log.info("read %d questions from %s (format %s)", len(questions), path, fmt)
+    return questions
+
+
+def write_questions(path: str | Path, questions: Iterable[MCQ]) -> int:
+    """Write questions atomically as our generic jsonl (format "jmlr"); returns the count."""
+    return write_jsonl(path, (q.to_json() for q in questions))
+
+
+def summarise_questions(questions: list[MCQ], fmt: str) -> dict[str, Any]:
+    """Counts that ``jmlr check-data`` prints for a question file."""
+    option_counts = Counter(str(len(q.options)) for q in questions)
+    summary: dict[str, Any] = {
+        "kind": "questions",
+        "format": fmt,
+        "questions": len(questions),
+        "with_rationale": sum(1 for q in questions if q.rationale),
+        "option_counts": dict(sorted(option_counts.items(), key=lambda kv: int(kv[0]))),
+        "answers": dict(sorted(Counter(q.answer for q in questions).items())),
+    }
+    gold = sum(1 for q in questions if q.gold_passage_ids)
+    if gold:
+        summary["with_gold_passages"] = gold
+    subjects = Counter(q.metadata["subject"] for q in questions if q.metadata.get("subject"))
+    if subjects:
+        summary["subjects"] = dict(sorted(subjects.items()))
+    return summary
+
+
+def check_data(path: str | Path, fmt: str = "auto", medmcqa_one_based: bool = False) -> dict[str, Any]:
+    """Validate a question file or a passage corpus and summarise it (``jmlr check-data``)."""
+    from jmlr.data import corpus
+
+    if fmt == "auto":
+        kind, fmt = sniff(path)
+    elif fmt in _READERS:
+        kind = "questions"
+    elif fmt in corpus.CORPUS_FORMATS:
+        kind = "corpus"
+    else:
+        raise DataError(path, None, "format",
+                        f"unknown format {fmt!r} (question formats: {_format_list()}; "
+                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)})")
+    if kind == "corpus":
+        passages = corpus.load_corpus(path, fmt=fmt, dedup=False)
+        distinct = len({p.text for p in passages})
+        return {"kind": "corpus", "format": fmt, "passages": len(passages),
+                "duplicate_texts": len(passages) - distinct}
+    questions = load_questions(path, fmt=fmt, medmcqa_one_based=medmcqa_one_based)
+    return summarise_questions(questions, fmt)
