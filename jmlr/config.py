@@ -151,6 +151,8 @@ class FactualityConfig:
     max_entities_per_mention: int = 1
     resolve_abbreviations: bool = True
     semantic_types: list[str] = field(default_factory=list)  # keep only these TUIs (empty: all)
+    filter_for_definitions: bool = True     # scispaCy's default: concepts without a definition
+    no_definition_threshold: float = 0.95   # link only above this score
 
 
 @dataclass

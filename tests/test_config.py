@@ -73,3 +73,16 @@ def test_cli_reports_config_errors_with_exit_2(run_cli, tmp_path):
     assert code == 2
     assert "unknown config key 'train.nope'" in err
     assert "Traceback" not in err
+
+
+def test_atomic_write_leaves_ordinary_permissions(tmp_path):
+    import os
+
+    from jmlr.io import atomic_write
+
+    with atomic_write(tmp_path / "out.txt") as handle:
+        handle.write("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left

@@ -1,0 +1,1 @@
+"""Evaluation: accuracy with retrieval in the loop, UMLS-F of rationales, reports."""
