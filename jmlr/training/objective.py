@@ -1,0 +1,261 @@
+"""The JMLR training step as small functions over scores, losses and models (METHOD.md 2–7).
+
+For B questions with N candidates each:
+
+* retriever scores ``s[B, N]``; ``k`` candidates drawn without replacement from
+  ``softmax(norm(s) / tau)`` (:func:`sample_passages`);
+* the utility ``ℓ[B, k]`` of each drawn passage: the generator's loss on the answer given that
+  passage alone and the question, all ``B × k`` sequences in one batched no-grad forward
+  (:func:`~jmlr.training.token_losses.passage_utilities`);
+* the retriever learns to order the drawn passages as their utilities do
+  (:func:`pairwise_rank_loss`, or :func:`listwise_kl_loss`);
+* the generator reads the top-r candidates by score (:func:`select_reading_passages`) and
+  learns the answer (:func:`~jmlr.training.token_losses.generator_loss`);
+* ``L = L_gen + λ · L_rank`` (:func:`joint_step`). Each loss reaches only its own model: the
+  utilities carry no gradient and the passages read are chosen by detached scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jmlr.training.token_losses import eval_mode, generator_loss, passage_utilities
+
+if TYPE_CHECKING:
+    from jmlr.config import JMLRConfig
+    from jmlr.data.schema import MCQ
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[list[str], list[list[str]]], Tensor]
+"""(queries[B], candidate texts[B][N]) -> scores[B, N]."""
+EncodeFn = Callable[[list["MCQ"], list[list[str]]], dict[str, Tensor]]
+"""(questions[n], passages to read[n][*], best first) -> batch with input_ids, attention_mask,
+target_mask, utility_mask, each [n, T]."""
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def normalize_scores(scores: Tensor, mode: str = "minmax") -> Tensor:
+    """Per-row score normalisation before the sampling softmax: ``[B, N] → [B, N]``.
+
+    "minmax" rescales each row to [-1, 1] (the authors' choice); a row whose scores are all
+    equal becomes zeros (uniform sampling) instead of dividing by zero. "none" is identity.
+
+    >>> normalize_scores(torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    tensor([[-1.,  0.,  1.],
+            [ 0.,  0.,  0.]])
+    """
+    if mode == "none":
+        return scores
+    if mode != "minmax":
+        raise ValueError(f"unknown score normalisation {mode!r} (minmax or none)")
+    low = scores.amin(-1, keepdim=True)
+    span = scores.amax(-1, keepdim=True) - low
+    spread = span > 0
+    scaled = 2 * (scores - low) / torch.where(spread, span, torch.ones_like(span)) - 1
+    return torch.where(spread, scaled, torch.zeros_like(scores))
+
+
+def sample_passages(scores: Tensor, k: int, tau: float = 1.0, mode: str = "minmax",
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Draw ``min(k, N)`` distinct candidates per row from ``softmax(norm(s) / tau)``.
+
+    ``scores[B, N] → LongTensor[B, min(k, N)]``, in draw order. Gumbel-top-k: adding Gumbel
+    noise to the logits and keeping the k largest is exactly sequential sampling without
+    replacement. Deterministic for a given ``generator`` state; no gradient.
+
+    >>> sample_passages(torch.tensor([[0.0, 5.0, 1.0]]), k=5, tau=1e-3).sort().values
+    tensor([[0, 1, 2]])
+    """
+    with torch.no_grad():
+        logits = normalize_scores(scores.detach().float(), mode) / tau
+        device = generator.device if generator is not None else logits.device
+        exponential = torch.empty(logits.shape, device=device).exponential_(generator=generator)
+        gumbel = -exponential.clamp_min(torch.finfo(exponential.dtype).tiny).log()
+        keys = logits + gumbel.to(logits.device)
+        return keys.topk(min(k, logits.shape[-1]), dim=-1).indices
+
+
+def select_reading_passages(scores: Tensor | Sequence[Sequence[float]],
+                            r: int) -> Tensor | list[list[int]]:
+    """Indices of the top-r candidates by score per row, best first (ties: earlier first).
+
+    ``scores[B, N] → LongTensor[B, min(r, N)]``; per-row lists of floats (rows may differ in
+    length) give per-row lists of ints.
+
+    >>> select_reading_passages(torch.tensor([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]]), 2)
+    tensor([[1, 2],
+            [0, 2]])
+    >>> select_reading_passages([[0.2, 0.7], [0.4]], 2)
+    [[1, 0], [0]]
+    """
+    if isinstance(scores, Tensor):
+        order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+        return order[:, :r]
+    return [sorted(range(len(row)), key=lambda i, row=row: -row[i])[:r] for row in scores]
+
+
+# --------------------------------------------------------------------------- retriever losses
+
+
+@dataclass
+class RankLossOutput:
+    loss: Tensor        # scalar, differentiable in the scores
+    n_pairs: int        # pairs used (ties in the utilities left out)
+    accuracy: float     # share of used pairs whose scores order them as the utilities do
+
+
+def pairwise_rank_loss(scores: Tensor, losses: Tensor, tie_tolerance: float = 1e-6) -> RankLossOutput:
+    """The LLM-rank loss: ``scores[B, k]``, ``losses[B, k]`` (utilities ℓ, lower is better).
+
+    For every pair a < b within a row with ``|ℓ_a − ℓ_b| > tie_tolerance``: target
+    ``y = 1[ℓ_a < ℓ_b]`` and ``BCE(σ(s_a − s_b), y)``, computed as ``−log σ(±(s_a − s_b))``.
+    The loss is the mean over the pairs actually used, over the whole batch; with no usable
+    pair it is 0 and still connected to the scores (zero gradient). In ``accuracy``, a pair the
+    scores tie counts half (as in AUC); it is 0 when no pair is used (weight it by n_pairs).
+    """
+    if scores.shape != losses.shape or scores.dim() != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and losses {tuple(losses.shape)} must both be [B, k]")
+    first, second = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1,
+                                       device=scores.device)
+    scores = scores.float()          # fp32 margins: half-precision scores tie too often
+    margin = scores[:, first] - scores[:, second]                       # [B, P]
+    utility_gap = (losses[:, first] - losses[:, second]).detach().to(scores.device)
+    used = utility_gap.abs() > tie_tolerance
+    first_better = utility_gap < 0
+    bce = -torch.where(first_better, F.logsigmoid(margin), F.logsigmoid(-margin))
+    n_pairs = int(used.sum())
+    loss = torch.where(used, bce, torch.zeros_like(bce)).sum() / max(n_pairs, 1)
+    with torch.no_grad():
+        agree = torch.where(first_better, margin > 0, margin < 0).float()
+        agree = torch.where(margin == 0, torch.full_like(agree, 0.5), agree)
+        accuracy = float(agree[used].sum()) / n_pairs if n_pairs else 0.0
+    return RankLossOutput(loss=loss, n_pairs=n_pairs, accuracy=accuracy)
+
+
+def listwise_kl_loss(scores: Tensor, losses: Tensor, tau: float = 1.0, beta: float = 1.0) -> Tensor:
+    """``KL(softmax(−ℓ/β) ‖ softmax(s/τ))`` per row, averaged over rows (REPLUG / Atlas).
+
+    ``scores[B, k]``, ``losses[B, k]`` → scalar; the target distribution carries no gradient.
+
+    >>> listwise_kl_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])).abs() < 1e-6
+    tensor(True)
+    """
+    if scores.shape != losses.shape or scores.dim() != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and losses {tuple(losses.shape)} must both be [B, k]")
+    log_target = F.log_softmax(-losses.detach().float().to(scores.device) / beta, dim=-1)
+    log_model = F.log_softmax(scores.float() / tau, dim=-1)
+    return F.kl_div(log_model, log_target, log_target=True, reduction="none").sum(-1).mean()
+
+
+# --------------------------------------------------------------------------- the joint step
+
+
+def prompt_encoder(tokenizer: Any, cfg: JMLRConfig, max_length: int) -> EncodeFn:
+    """The :data:`EncodeFn` of the project's one prompt template (``jmlr.generation.prompts``):
+    target and utility span from ``cfg``, right padded with the tokenizer's pad id."""
+    from jmlr.generation.prompts import collate, encode_example
+
+    def encode(questions: list[MCQ], passages: list[list[str]]) -> dict[str, Tensor]:
+        return collate([encode_example(tokenizer, mcq, read, cfg.target, cfg.utility_span,
+                                       max_length) for mcq, read in zip(questions, passages, strict=True)],
+                       tokenizer.pad_token_id)
+
+    return encode
+
+
+@dataclass
+class JointStepOutput:
+    loss: Tensor            # L = L_gen + λ·L_rank over the parts that train; backward this
+    gen_loss: Tensor        # detached L_gen
+    rank_loss: Tensor       # detached retriever loss of the configured objective
+    rank_accuracy: float    # pairwise ordering accuracy on the drawn passages (any objective)
+    n_pairs: int
+    n_tokens: int           # non-padding tokens through the generator (utilities + L_gen)
+    scores: Tensor          # [B, N] detached retriever scores
+    sampled: Tensor         # [B, k] drawn candidate indices, in draw order
+    utilities: Tensor       # [B, k] ℓ of each drawn passage
+    read: Tensor            # [B, r] candidates the generator read, best first
+
+
+def _rectangular(candidates: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Cut every row to the shortest row's length (candidates are best-first)."""
+    width = min((len(row) for row in candidates), default=0)
+    if width == 0:
+        raise ValueError("every question needs at least one candidate passage")
+    if any(len(row) != width for row in candidates):
+        log.debug("candidate lists differ in length; using the first %d of each", width)
+    return [list(row[:width]) for row in candidates]
+
+
+def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
+               score_fn: ScoreFn, model: nn.Module, encode_fn: EncodeFn, cfg: JMLRConfig,
+               generator: torch.Generator | None = None,
+               max_tokens_per_forward: int | None = None) -> JointStepOutput:
+    """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
+
+    ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
+    gradient and no rank term in ``loss``, everything else (sampling, utilities, reading)
+    identical so that logs compare. ``cfg.train_generator = False`` computes L_gen without
+    gradient, in eval mode, and leaves it out of ``loss``. With neither training, ``loss`` has
+    no gradient. ``model`` is the generator (a causal LM, peft-wrapped or not, or a
+    :class:`~jmlr.training.token_losses.TargetLogits` around one); the caller sets train/eval
+    modes of both models. Under DDP/FSDP pass the wrapped modules themselves (the scorer's
+    ``forward`` is its ``score``; the generator wrapped as ``TargetLogits`` before wrapping),
+    so that every forward goes through the wrapper. ``max_tokens_per_forward`` buckets the
+    ``B × k`` utility sequences by length (None: one forward).
+    """
+    texts = _rectangular(candidates)
+    if len(texts) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(texts)} candidate lists")
+    batch_size = len(questions)
+
+    with nullcontext() if cfg.train_retriever else torch.no_grad():
+        scores = score_fn([q.retrieval_query for q in questions], texts)           # [B, N]
+    if scores.shape != (batch_size, len(texts[0])):
+        raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected "
+                         f"{(batch_size, len(texts[0]))}")
+
+    sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator)  # [B, k]
+    k = sampled.shape[1]
+    utility_batch = encode_fn([q for q in questions for _ in range(k)],
+                              [[texts[b][j]] for b in range(batch_size) for j in sampled[b].tolist()])
+    utilities = passage_utilities(model, utility_batch, "utility_mask",
+                                  max_tokens_per_forward).view(batch_size, k)
+    sampled_scores = scores.gather(1, sampled.to(scores.device))                 # [B, k]
+    pairwise = pairwise_rank_loss(sampled_scores, utilities)
+    if cfg.objective == "listwise":
+        rank_loss = listwise_kl_loss(sampled_scores, utilities, cfg.tau, cfg.listwise_beta)
+    else:
+        rank_loss = pairwise.loss
+
+    read = select_reading_passages(scores, cfg.r_read)                           # [B, r]
+    gen_batch = encode_fn(list(questions),
+                          [[texts[b][j] for j in read[b].tolist()] for b in range(batch_size)])
+    if cfg.train_generator:
+        gen_loss = generator_loss(model, gen_batch, "target_mask")
+    else:
+        with torch.no_grad(), eval_mode(model):
+            gen_loss = generator_loss(model, gen_batch, "target_mask")
+
+    terms = []
+    if cfg.train_generator:
+        terms.append(gen_loss)
+    if cfg.train_retriever:
+        terms.append(cfg.lambda_rank * rank_loss.to(gen_loss.device))
+    loss = sum(terms) if terms else (gen_loss + cfg.lambda_rank * rank_loss.to(gen_loss.device)).detach()
+    n_tokens = int(utility_batch["attention_mask"].sum()) + int(gen_batch["attention_mask"].sum())
+    return JointStepOutput(loss=loss, gen_loss=gen_loss.detach(), rank_loss=rank_loss.detach(),
+                           rank_accuracy=pairwise.accuracy, n_pairs=pairwise.n_pairs,
+                           n_tokens=n_tokens, scores=scores.detach(), sampled=sampled,
+                           utilities=utilities, read=read)
