@@ -87,6 +87,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str) -> list[str]:
+    """``"train,dev"`` -> ``["train", "dev"]`` (a list option that cannot swallow overrides).
+
+    >>> _comma_list("none, trained")
+    ['none', 'trained']
+    """
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _add_config_args(sub: argparse.ArgumentParser, default: str | None = None) -> None:
     sub.add_argument("-c", "--config", default=default,
                      help="YAML config (configs/*.yaml)" + (f"; default {default}" if default else ""))
@@ -120,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs.add_parser("mine", help="top-N candidates for every question")
     _add_config_args(p)
-    p.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
+    p.add_argument("--splits", type=_comma_list, default=["train", "dev", "test"],
+                   help="comma-separated splits (default train,dev,test)")
     p.set_defaults(func=cmd_mine)
 
     p = subs.add_parser("train", help="joint training (also under accelerate launch -m jmlr)")
@@ -132,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--run", required=True, help="run folder written by jmlr train")
     p.add_argument("--split", default=None, choices=["train", "dev", "test"])
-    p.add_argument("--mode", nargs="+", default=None, choices=["trained", "frozen", "none"])
+    p.add_argument("--mode", type=_comma_list, default=None,
+                   help="comma-separated modes among trained, frozen, none (default eval.modes)")
     p.set_defaults(func=cmd_evaluate)
 
     p = subs.add_parser("factuality", help="UMLS-F of generated rationales")

@@ -1,0 +1,387 @@
+"""Top-N candidate passages per question: index, mine, cache, refresh, measure.
+
+``jmlr index`` builds the PLAID index (``run_index``); ``jmlr mine`` writes
+``<candidates_dir>/<split>.jsonl`` (``run_mine``); training reads those files
+(``load_candidates``) and may re-search the index with its current query encoder
+(``refresh_candidates``) or rebuild it with the current checkpoint (``reindex``).
+
+colbert-ai is imported only inside the functions that search or build, so the metrics and
+the cache reader stay light for the modules that only need those.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from jmlr.data import SPLITS
+from jmlr.data.schema import MCQ, Candidates, read_candidates, write_candidates
+from jmlr.errors import ConfigError, DataError
+from jmlr.io import write_json
+from jmlr.retrieval.mining import (
+    latency_summary,
+    mining_identity,
+    partial_path,
+    prepare_partials,
+    read_partials,
+    remove_partials,
+    shard,
+)
+
+if TYPE_CHECKING:
+    from jmlr.config import Config
+    from jmlr.retrieval.colbert import TrainableScorer
+    from jmlr.retrieval.plaid import IndexSettings, PlaidSearcher
+
+log = logging.getLogger(__name__)
+
+
+def self_match_extra(top_n: int) -> int:
+    """How many more passages to search for when self-matches will be dropped.
+
+    >>> self_match_extra(30), self_match_extra(8)
+    (10, 5)
+    """
+    return max(5, top_n // 3)
+
+
+def retrieval_metrics(cands: dict[str, Candidates], questions: Iterable[MCQ],
+                      ks: Sequence[int] = (1, 7, 30)) -> dict[str, float]:
+    """Recall@k and MRR of the gold passages, over the questions that have gold ids.
+
+    recall@k of a question is the fraction of its gold passages among its top k candidates;
+    its reciprocal rank is 1/rank of the first gold passage (0 when none was retrieved). A
+    question missing from ``cands`` counts as retrieving nothing. {} when no question has
+    gold ids.
+
+    >>> qs = [MCQ("q1", "?", {"A": "x", "B": "y"}, "A", gold_passage_ids=["p2"]),
+    ...       MCQ("q2", "?", {"A": "x", "B": "y"}, "A", gold_passage_ids=["p9"]),
+    ...       MCQ("q3", "?", {"A": "x", "B": "y"}, "A")]
+    >>> c = {"q1": Candidates("q1", ["p1", "p2", "p3"], [3.0, 2.0, 1.0]),
+    ...      "q2": Candidates("q2", ["p4"], [1.0])}
+    >>> retrieval_metrics(c, qs, ks=(1, 2))
+    {'n_questions': 2, 'recall@1': 0.0, 'recall@2': 0.5, 'mrr': 0.25}
+    >>> retrieval_metrics(c, qs[2:])
+    {}
+    """
+    rows = [(q, cands.get(q.id)) for q in questions if q.gold_passage_ids]
+    if not rows:
+        return {}
+    recall = {k: 0.0 for k in ks}
+    reciprocal = 0.0
+    for question, found in rows:
+        gold = set(question.gold_passage_ids)
+        ranked = found.passage_ids if found else []
+        for k in ks:
+            recall[k] += len(gold & set(ranked[:k])) / len(gold)
+        first = next((rank for rank, pid in enumerate(ranked, 1) if pid in gold), None)
+        reciprocal += 1.0 / first if first else 0.0
+    out: dict[str, float] = {"n_questions": len(rows)}
+    out.update({f"recall@{k}": round(recall[k] / len(rows), 6) for k in ks})
+    out["mrr"] = round(reciprocal / len(rows), 6)
+    return out
+
+
+def _report_ks(top_n: int) -> tuple[int, ...]:
+    """recall@1/7/30 as the paper reports, capped at the number of candidates mined."""
+    return tuple(sorted({min(k, top_n) for k in (1, 7, 30)}))
+
+
+# ---------------------------------------------------------------------------------------
+# The opened index (kept open across refreshes)
+
+
+@dataclass
+class _OpenIndex:
+    searcher: PlaidSearcher
+    texts: dict[str, str]           # passage id -> text, for the self-match filter
+
+
+_OPEN: dict[tuple[Any, ...], _OpenIndex] = {}
+
+
+def _settings(cfg: Config) -> IndexSettings:
+    from jmlr.retrieval.plaid import IndexSettings
+
+    r = cfg.retriever
+    return IndexSettings(doc_maxlen=r.doc_maxlen, query_maxlen=r.query_maxlen, nbits=r.nbits,
+                         kmeans_niters=r.kmeans_niters, batch_size=r.batch_size, seed=cfg.run.seed)
+
+
+def _open_index(cfg: Config, checkpoint: str | Path | None = None) -> _OpenIndex:
+    """Open ``cfg.index_dir`` once per (build, query encoder); the configured corpus must be
+    the one it was built over."""
+    from jmlr.data import load_corpus_from_config
+    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.resources import resolve_location
+    from jmlr.retrieval import plaid
+
+    index_dir = cfg.index_dir.expanduser().resolve()
+    manifest = plaid.read_manifest(index_dir)
+    encoder = resolve_location(str(checkpoint), "checkpoint").resolve() if checkpoint else None
+    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen)
+    if key not in _OPEN:
+        passages = load_corpus_from_config(cfg.data)
+        plaid.check_corpus(manifest, passages, corpus_fingerprint(passages), index_dir)
+        searcher = plaid.PlaidSearcher(index_dir, checkpoint=encoder,
+                                       query_maxlen=cfg.retriever.query_maxlen)
+        _OPEN.clear()  # one open index at a time: each holds the compressed index in memory
+        _OPEN[key] = _OpenIndex(searcher, {p.id: p.text for p in passages})
+    return _OPEN[key]
+
+
+def _rank(index: _OpenIndex, Q: torch.Tensor, questions: Sequence[MCQ], top_n: int,
+          exclude_self_matches: bool) -> tuple[list[Candidates], list[float]]:
+    """Search Q [B, Lq, dim] (one row per question); returns candidates and search seconds."""
+    from jmlr.data.corpus import is_self_match
+
+    extra = self_match_extra(top_n) if exclude_self_matches else 0
+    results = index.searcher.search(Q, top_n + extra)
+    out = []
+    for question, found in zip(questions, results, strict=True):
+        pairs = list(zip(found.passage_ids, found.scores, strict=True))
+        if exclude_self_matches:
+            pairs = [(pid, s) for pid, s in pairs if not is_self_match(index.texts[pid], question)]
+        pairs = pairs[:top_n]
+        out.append(Candidates(question.id, [p for p, _ in pairs], [s for _, s in pairs]))
+    return out, [r.seconds for r in results]
+
+
+def search_questions(cfg: Config, questions: Sequence[MCQ], checkpoint: str | Path | None = None,
+                     exclude_self_matches: bool = False) -> dict[str, Candidates]:
+    """Top ``candidates.top_n`` passages for each question (query: ``MCQ.retrieval_query``).
+
+    ``checkpoint`` encodes the queries instead of the index's own checkpoint (e.g. a trained
+    retriever: its query encoder against the indexed document vectors).
+    """
+    index = _open_index(cfg, checkpoint)
+    return _search_all(cfg, index, questions, index.searcher.encode, exclude_self_matches)
+
+
+def _search_all(cfg: Config, index: _OpenIndex, questions: Sequence[MCQ],
+                encode: Callable[[list[str], int], torch.Tensor],
+                exclude_self_matches: bool) -> dict[str, Candidates]:
+    """Encode the questions' queries in batches with ``encode`` and search each batch."""
+    out: dict[str, Candidates] = {}
+    size = cfg.retriever.batch_size
+    with tqdm(total=len(questions), desc="search", unit="q", leave=False,
+              disable=len(questions) <= size) as bar:
+        for start in range(0, len(questions), size):
+            chunk = questions[start:start + size]
+            Q = encode([q.retrieval_query for q in chunk], size)
+            found, _ = _rank(index, Q, chunk, cfg.candidates.top_n, exclude_self_matches)
+            out.update((c.question_id, c) for c in found)
+            bar.update(len(chunk))
+    return out
+
+
+def refresh_candidates(cfg: Config, scorer: TrainableScorer, questions: Sequence[MCQ],
+                       exclude_self_matches: bool | None = None) -> dict[str, Candidates]:
+    """Re-search the index with the scorer's CURRENT query encoder (document vectors stay as
+    indexed). Self-matches are dropped as ``data.filter_self_matches`` says (training
+    questions are what this refreshes), unless ``exclude_self_matches`` says otherwise."""
+    index = _open_index(cfg)
+    if scorer.dim != index.searcher.manifest["checkpoint"]["dim"]:
+        raise ConfigError(f"the scorer has dim {scorer.dim}, the index at {cfg.index_dir} "
+                          f"has dim {index.searcher.manifest['checkpoint']['dim']}")
+    exclude = cfg.data.filter_self_matches if exclude_self_matches is None else exclude_self_matches
+    return _search_all(cfg, index, questions, scorer.query_embeddings, exclude)
+
+
+# ---------------------------------------------------------------------------------------
+# Building
+
+
+def run_index(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
+    """``jmlr index``: PLAID index of ``data.corpus`` into ``cfg.index_dir``; the manifest."""
+    from jmlr.data import load_corpus_from_config
+    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.resources import resolve_location
+    from jmlr.retrieval import colbert, plaid
+
+    index_dir = cfg.index_dir.expanduser().resolve()
+    plaid.check_can_build(index_dir, overwrite)   # before any slow step
+    passages = load_corpus_from_config(cfg.data)
+    checkpoint = colbert.prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim,
+                                            cfg.run.cache_dir)
+    corpus_path = str(resolve_location(cfg.data.corpus, "data.corpus").resolve())
+    manifest = plaid.build_index(checkpoint, passages, index_dir, _settings(cfg), corpus_path,
+                                 corpus_fingerprint(passages), overwrite=overwrite)
+    _OPEN.clear()
+    print(f"indexed {len(passages)} passages in {manifest['build_seconds']:.1f} s "
+          f"({manifest['passages_per_second']:.1f} passages/s) -> {index_dir}")
+    return manifest
+
+
+def reindex(cfg: Config, scorer: TrainableScorer) -> dict[str, Any]:
+    """Rebuild ``cfg.index_dir`` with the scorer's current weights; returns the manifest.
+
+    The checkpoint is saved first, under ``<index_dir>-checkpoints/<hash>`` (the index refers
+    to it); older ones there are removed once the new index is in place. Call it on one
+    process only.
+    """
+    from jmlr.data import load_corpus_from_config
+    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.resources import resolve_location
+    from jmlr.retrieval import plaid
+    from jmlr.retrieval.folders import folder_sha256
+
+    index_dir = cfg.index_dir.expanduser().resolve()
+    store = index_dir.with_name(f"{index_dir.name}-checkpoints")
+    saved = scorer.save(store / f".saving-{os.getpid()}")
+    checkpoint = store / folder_sha256(saved)[:16]
+    if checkpoint.exists():
+        shutil.rmtree(saved)
+    else:
+        saved.rename(checkpoint)
+    passages = load_corpus_from_config(cfg.data)
+    corpus_path = str(resolve_location(cfg.data.corpus, "data.corpus").resolve())
+    manifest = plaid.build_index(checkpoint, passages, index_dir, _settings(cfg), corpus_path,
+                                 corpus_fingerprint(passages), overwrite=True)
+    for old in store.iterdir():
+        if old != checkpoint:
+            shutil.rmtree(old, ignore_errors=True)
+    _OPEN.clear()
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------
+# Mining
+
+
+def load_candidates(cfg: Config, split: str) -> dict[str, Candidates]:
+    """The mined candidates of one split, by question id."""
+    path = cfg.candidates_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(path, None, None, f"no candidates for split {split!r}; "
+                        "run `jmlr mine -c CONFIG` first")
+    return {c.question_id: c for c in read_candidates(path)}
+
+
+class _Ranks:
+    """This process's place among ``accelerate launch`` processes (or alone)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.state = None
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=cfg.run.device == "cpu" or not torch.cuda.is_available())
+            self.rank, self.world = self.state.process_index, self.state.num_processes
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def _mine_split(cfg: Config, index: _OpenIndex, split: str, questions: list[MCQ],
+                exclude_self: bool, ranks: _Ranks) -> dict[str, Any]:
+    out_dir = cfg.candidates_dir
+    top_n, size = cfg.candidates.top_n, cfg.retriever.batch_size
+    identity = mining_identity(index.searcher.manifest, index.searcher.checkpoint, top_n,
+                               exclude_self)
+    if ranks.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_partials(out_dir, split, identity)
+    ranks.barrier()
+    done = read_partials(out_dir, split)
+    ranks.barrier()  # everyone has read the finished rows before anyone appends
+    todo = shard([q for q in questions if q.id not in done], ranks.rank, ranks.world)
+    if done and ranks.rank == 0:
+        log.info("%s: resuming, %d of %d questions already mined", split, len(done), len(questions))
+    latencies: list[float] = []     # per query: its share of the batch encoding + its search
+    searches: list[float] = []      # per query: the PLAID search alone
+    started = time.perf_counter()
+    with partial_path(out_dir, split, ranks.rank, ranks.world).open("a", encoding="utf-8") as handle, \
+            tqdm(total=len(todo), desc=f"mine {split}", unit="q", disable=ranks.rank > 0) as bar:
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            encode_started = time.perf_counter()
+            Q = index.searcher.encode([q.retrieval_query for q in chunk], size)
+            encode_each = (time.perf_counter() - encode_started) / len(chunk)
+            found, seconds = _rank(index, Q, chunk, top_n, exclude_self)
+            latencies.extend(encode_each + s for s in seconds)
+            searches.extend(seconds)
+            handle.writelines(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in found)
+            handle.flush()
+            os.fsync(handle.fileno())  # a finished chunk survives an interruption
+            bar.update(len(chunk))
+    elapsed = time.perf_counter() - started
+    ranks.barrier()
+    summary: dict[str, Any] = {"split": split, "n_questions": len(questions), "top_n": top_n,
+                               "self_matches_filtered": exclude_self,
+                               "mined_now": len(todo), "seconds": round(elapsed, 3),
+                               **latency_summary(latencies), **latency_summary(searches, "search")}
+    if ranks.rank == 0:
+        rows = read_partials(out_dir, split)
+        missing = [q.id for q in questions if q.id not in rows]
+        if missing:
+            raise RuntimeError(f"{split}: {len(missing)} questions were not mined (e.g. {missing[0]})")
+        path = out_dir / f"{split}.jsonl"
+        write_candidates(path, (rows[q.id] for q in questions))
+        summary["path"] = str(path)
+        summary["metrics"] = retrieval_metrics(rows, questions, _report_ks(top_n))
+        summary["short_rows"] = sum(len(rows[q.id].passage_ids) < top_n for q in questions)
+        if summary["short_rows"]:
+            log.warning("%s: %d questions got fewer than %d candidates (small corpus, or "
+                        "self-matches dropped)", split, summary["short_rows"], top_n)
+        write_json(out_dir / f"{split}.meta.json", {**identity, **summary})
+        remove_partials(out_dir, split)
+    ranks.barrier()
+    return summary
+
+
+def _print_summary(index_manifest: dict[str, Any], splits: list[dict[str, Any]]) -> None:
+    print(f"index: {index_manifest['corpus']['n_passages']} passages, built in "
+          f"{index_manifest['build_seconds']:.1f} s "
+          f"({index_manifest['passages_per_second']:.1f} passages/s)")
+    for s in splits:
+        line = f"{s['split']}: {s['n_questions']} questions, top-{s['top_n']} -> {s['path']}; "
+        line += (f"latency per query p50 {s['latency_p50_ms']:.1f} ms, p95 "
+                 f"{s['latency_p95_ms']:.1f} ms (PLAID search alone p50 {s['search_p50_ms']:.1f} "
+                 f"ms, p95 {s['search_p95_ms']:.1f} ms)"
+                 if s["latency_p50_ms"] is not None else "all rows resumed, nothing searched")
+        if s["metrics"]:
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in s["metrics"].items() if k != "n_questions")
+            line += f"; gold passage {metrics} (over {s['metrics']['n_questions']} questions)"
+        print(line)
+
+
+def run_mine(cfg: Config, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
+    """``jmlr mine``: top-N candidates for each split that has a question file.
+
+    Resumable (finished chunks are kept in ``<split>.jsonl.partial``); under
+    ``accelerate launch`` rank r mines questions r::world and rank 0 writes the file.
+    """
+    from jmlr.data import load_split
+
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ConfigError(f"unknown split {unknown[0]!r} (known: {', '.join(SPLITS)})")
+    wanted = [s for s in splits if getattr(cfg.data, s)]
+    for skipped in sorted(set(splits) - set(wanted)):
+        log.info("no question file for split %r (data.%s): skipped", skipped, skipped)
+    if not wanted:
+        raise ConfigError(f"no question file is set for {', '.join(splits)} "
+                          f"(data.{' / data.'.join(splits)})")
+    ranks = _Ranks(cfg)
+    index = _open_index(cfg)
+    results = []
+    for split in wanted:
+        questions = load_split(cfg.data, split)
+        exclude_self = split == "train" and cfg.data.filter_self_matches
+        results.append(_mine_split(cfg, index, split, questions, exclude_self, ranks))
+    if ranks.rank == 0:
+        _print_summary(index.searcher.manifest, results)
+    return {"index": index.searcher.manifest, "splits": {r["split"]: r for r in results}}

@@ -1,0 +1,438 @@
+"""The project's one door to colbert-ai: compatibility fix, checkpoints, trainable scorer.
+
+Every other module talks to the retriever through this package (``jmlr.retrieval``), so
+colbert-ai can be upgraded or replaced here alone. Importing this module
+
+- installs the transformers-5 fix for colbert-ai's model class (:func:`install_compat`),
+  before any colbert model can be built; the index builder (``plaid.py``) imports this
+  module first, so it holds there too, and indexing runs in this process (no spawned
+  children that would start without the fix);
+- keeps colbert-ai's import from switching the whole process to multiprocessing "spawn"
+  and from turning on TOKENIZERS_PARALLELISM.
+
+A ColBERT checkpoint is a folder in colbert-ai's own format (HF model + tokenizer +
+``artifact.metadata``). A plain Hugging Face encoder is converted ONCE into such a folder
+with a new, seeded ``dim``-d projection (:func:`prepare_checkpoint`), so that indexing and
+search never see two different random projections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import AutoTokenizer
+
+from jmlr.errors import ConfigError
+from jmlr.resources import resolve_location
+from jmlr.retrieval.folders import folder_sha256, replace_folder
+
+log = logging.getLogger(__name__)
+
+# At import time colbert-ai's launcher calls mp.set_start_method("spawn", force=True) and
+# its Run class sets TOKENIZERS_PARALLELISM=true; both would change how every later
+# DataLoader / accelerate / datasets worker starts. Both are put back after the import.
+_START_METHOD = multiprocessing.get_start_method(allow_none=True)
+_TOKENIZERS_PARALLELISM = os.environ.get("TOKENIZERS_PARALLELISM")
+# colbert-ai imports faiss (unused here: k-means is ours), which logs its loading at INFO.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+# Names marked "as" are re-exported for plaid.py (index build and search) and for tests that
+# compare against colbert-ai's own inference path: colbert-ai is imported here only.
+import colbert.modeling.hf_colbert as _hf_colbert  # noqa: E402
+from colbert.data import Collection as Collection  # noqa: E402
+from colbert.indexing.collection_indexer import CollectionIndexer as CollectionIndexer  # noqa: E402
+from colbert.infra.config import ColBERTConfig  # noqa: E402
+from colbert.infra.run import Run as Run  # noqa: E402
+from colbert.modeling.base_colbert import BaseColBERT  # noqa: E402
+from colbert.modeling.checkpoint import Checkpoint as Checkpoint  # noqa: E402
+from colbert.modeling.colbert import ColBERT  # noqa: E402
+from colbert.modeling.colbert import colbert_score as colbert_score  # noqa: E402
+from colbert.modeling.tokenization import DocTokenizer, QueryTokenizer  # noqa: E402
+from colbert.searcher import Searcher as Searcher  # noqa: E402
+
+multiprocessing.set_start_method(_START_METHOD, force=True)
+if _TOKENIZERS_PARALLELISM is None:
+    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+else:
+    os.environ["TOKENIZERS_PARALLELISM"] = _TOKENIZERS_PARALLELISM
+
+CHECKPOINT_MARKER = "artifact.metadata"   # what makes a folder a colbert-ai checkpoint
+SOURCE_RECORD = "jmlr_source.json"         # how a converted checkpoint was made
+PROJECTION_SEED = 0                         # the new projection is the same on every machine
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+# ---------------------------------------------------------------------------------------
+# transformers 5 compatibility (colbert-ai 0.2.22)
+
+
+def _compat_class_factory(original: Any) -> Any:
+    """Wrap colbert's ``class_factory`` so each HF_ColBERT class it makes runs ``post_init``.
+
+    HF_ColBERT.__init__ ends with ``self.init_weights()``; transformers 5 expects
+    ``post_init()`` there (it sets ``all_tied_weights_keys`` and then calls init_weights).
+    The first init_weights call of an instance is turned into post_init; the call that
+    post_init itself makes goes to the original. On 4.x this is the same work as before.
+    """
+
+    @functools.wraps(original)
+    def class_factory(name_or_path: str) -> type:
+        cls = original(name_or_path)
+
+        def init_weights(self: Any) -> None:
+            if self.__dict__.get("_jmlr_post_init_started"):
+                super(cls, self).init_weights()
+                return
+            self.__dict__["_jmlr_post_init_started"] = True
+            self.post_init()
+
+        cls.init_weights = init_weights
+        return cls
+
+    class_factory.jmlr_compat = True  # type: ignore[attr-defined]
+    return class_factory
+
+
+def install_compat() -> None:
+    """Apply the transformers-5 fix to colbert-ai (idempotent; runs at import of this module).
+
+    colbert-ai modules bind ``class_factory`` by name when imported, so every colbert
+    module holding the original function gets the wrapped one.
+    """
+    original = _hf_colbert.class_factory
+    if getattr(original, "jmlr_compat", False):
+        return
+    patched = _compat_class_factory(original)
+    for name, module in list(sys.modules.items()):
+        if (name == "colbert" or name.startswith("colbert.")) and \
+                getattr(module, "class_factory", None) is original:
+            module.class_factory = patched
+
+
+def compat_installed() -> bool:
+    return bool(getattr(_hf_colbert.class_factory, "jmlr_compat", False))
+
+
+install_compat()
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream that sends each complete line to ``log.debug``."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                log.debug("colbert: %s", line.rstrip())
+        return len(text)
+
+
+@contextlib.contextmanager
+def quiet_colbert() -> Iterator[None]:
+    """colbert-ai prints its configs and steps to stdout: keep them in the debug log
+    (``jmlr -v``) and stdout for our results. Progress bars (stderr) stay visible."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    # Loading reports ("linear.weight MISSING": the new projection) and per-file bars.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(_LogLines()):
+            # It builds CUDA AMP helpers even on CPU, which only warns.
+            warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint folders
+
+
+def check_model_folder(path: Path, what: str) -> dict[str, Any]:
+    """Check that ``path`` is a local BERT-family model folder colbert-ai can load.
+
+    Returns its config.json. colbert-ai silently swaps in a download of bert-base-uncased
+    when a folder fails to load, and loads configs with remote code allowed, so every way
+    it could fail is caught here first with a ConfigError naming ``what``.
+    """
+    if not path.is_dir():
+        hint = " (.dnn checkpoints are not supported)" if path.suffix == ".dnn" else ""
+        raise ConfigError(f"{what}: {path} is not a folder (expected a ColBERT checkpoint or "
+                          f"a Hugging Face encoder folder){hint}")
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path} has no config.json (not a model folder)") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{what}: {config_file} is not readable JSON ({err})") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ConfigError(f"{what}: {config_file} names no model_type")
+    if config.get("auto_map"):
+        raise ConfigError(f"{what}: {path} needs custom model code (auto_map), "
+                          "which is never executed")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"{what}: {path} has no weights ({' / '.join(WEIGHT_FILES)})")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{what}: {path} has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+    try:
+        with quiet_colbert():
+            _hf_colbert.class_factory(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # colbert raises ValueError/AssertionError/OSError here
+        raise ConfigError(f"{what}: colbert-ai cannot use the {config['model_type']!r} model "
+                          f"at {path} ({err})") from None
+    if len(tokenizer) < 100:   # e.g. a vocab.txt read as a file name by transformers 5
+        raise ConfigError(f"{what}: the tokenizer in {path} has only {len(tokenizer)} tokens")
+    for marker in ("[unused0]", "[unused1]"):   # colbert-ai's [Q] and [D] markers
+        if tokenizer.convert_tokens_to_ids(marker) in (None, tokenizer.unk_token_id):
+            log.warning("%s: the vocabulary of %s has no %s token; ColBERT's query/document "
+                        "marker becomes [UNK]", what, path, marker)
+    return config
+
+
+def is_colbert_checkpoint(path: Path) -> bool:
+    return (path / CHECKPOINT_MARKER).is_file()
+
+
+def checkpoint_dim(path: Path) -> int:
+    """The token-vector dimension of a ColBERT checkpoint folder."""
+    try:
+        meta = json.loads((path / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+        return int(meta.get("dim", 128))
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{path / CHECKPOINT_MARKER}: not a readable checkpoint config "
+                          f"({err})") from None
+
+
+def colbert_config_for(path: Path, **settings: Any) -> ColBERTConfig:
+    # model_name and checkpoint point at the folder itself, so a stale name recorded in its
+    # artifact.metadata (e.g. "bert-base-uncased") is never looked up on the hub.
+    return ColBERTConfig(checkpoint=str(path), model_name=str(path), **settings)
+
+
+def _source_tensors(source: Path) -> dict[str, torch.Tensor]:
+    if (source / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(source / "model.safetensors"))
+    if (source / "pytorch_model.bin").is_file():
+        return torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    return {}  # sharded: trust the loader
+
+
+def _check_encoder_loaded(model: BaseColBERT, source: Path) -> None:
+    """Every encoder tensor of ``source`` must be in the converted model, unchanged."""
+    loaded = model.model.state_dict()
+    prefix = model.model.base_model_prefix
+    checked = 0
+    for key, tensor in _source_tensors(source).items():
+        name = key if key in loaded else f"{prefix}.{key}"
+        if name not in loaded:
+            continue  # heads of the source model (cls.*, lm_head...) are dropped
+        if not torch.equal(loaded[name].cpu(), tensor.to(loaded[name].dtype)):
+            raise ConfigError(f"retriever.checkpoint: weight {key} of {source} did not load")
+        checked += 1
+    if checked == 0 and (source / "model.safetensors").is_file():
+        raise ConfigError(f"retriever.checkpoint: no weight of {source} matches a "
+                          f"{type(model.model.LM).__name__}")
+
+
+def prepare_checkpoint(location: str, dim: int, cache_dir: str | Path) -> Path:
+    """A ColBERT checkpoint folder for ``location`` (config ``retriever.checkpoint``).
+
+    A colbert-ai checkpoint is returned as is. A plain HF encoder is converted once, with a
+    new seeded ``dim``-d projection, into ``<cache_dir>/colbert/<sha16>-dim<dim>`` (keyed by
+    the source folder's content hash) and that folder is returned from then on.
+    """
+    path = resolve_location(location, "retriever.checkpoint").resolve()
+    check_model_folder(path, "retriever.checkpoint")
+    if is_colbert_checkpoint(path):
+        found = checkpoint_dim(path)
+        if found != dim:
+            log.warning("retriever.dim=%d ignored: the checkpoint %s has dim %d", dim, path, found)
+        return path
+    if dim < 1:
+        raise ConfigError(f"retriever.dim must be >= 1, got {dim}")
+    digest = folder_sha256(path)
+    target = Path(cache_dir).expanduser().resolve() / "colbert" / f"{digest[:16]}-dim{dim}"
+    if is_colbert_checkpoint(target):
+        return target
+    log.info("converting %s into a ColBERT checkpoint (dim %d) at %s", path, dim, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with torch.random.fork_rng(devices=[]), quiet_colbert():
+            torch.manual_seed(PROJECTION_SEED)
+            model = BaseColBERT(str(path), colbert_config=colbert_config_for(path, dim=dim))
+            _check_encoder_loaded(model, path)
+            model.colbert_config.configure(model_name=None, checkpoint=None)
+            model.save(str(tmp))
+        (tmp / SOURCE_RECORD).write_text(json.dumps(
+            {"source": str(path), "source_sha256": digest, "dim": dim,
+             "projection_seed": PROJECTION_SEED}, indent=2) + "\n", encoding="utf-8")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not is_colbert_checkpoint(target):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)   # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_colbert_checkpoint(path: str | Path, **settings: Any) -> ColBERT:
+    """colbert-ai's ColBERT model from a checked checkpoint folder (eval mode, CPU or CUDA)."""
+    path = Path(path).expanduser().resolve()
+    check_model_folder(path, "ColBERT checkpoint")
+    if not is_colbert_checkpoint(path):
+        raise ConfigError(f"{path} is not a ColBERT checkpoint (no {CHECKPOINT_MARKER}); "
+                          "convert an encoder with prepare_checkpoint first")
+    with quiet_colbert():
+        return ColBERT(str(path), colbert_config=colbert_config_for(path, **settings))
+
+
+# ---------------------------------------------------------------------------------------
+# Trainable late-interaction scorer
+
+
+def late_interaction(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor) -> torch.Tensor:
+    """ColBERT's score s = Σ_t max_u <Q_t, D_u> for every (question, candidate) pair.
+
+    Q [B, Lq, dim], D [B, N, Ld, dim], D_mask [B, N, Ld] (True for real doc tokens)
+    -> [B, N]. Masked doc tokens get -9999 before the max, exactly as colbert-ai's
+    ``colbert_score_reduce`` does.
+
+    >>> Q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])            # 1 question, 2 tokens
+    >>> D = torch.tensor([[[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [0.0, 0.0]]]])
+    >>> late_interaction(Q, D, torch.tensor([[[True, True], [True, False]]]))
+    tensor([[1.8000, 1.0000]])
+    """
+    sim = torch.einsum("bqd,bnld->bnql", Q, D.to(Q.dtype))
+    sim = sim.masked_fill(~D_mask.bool().unsqueeze(2), -9999.0)
+    return sim.max(-1).values.sum(-1)
+
+
+class TrainableScorer(torch.nn.Module):
+    """colbert-ai's ColBERT (encoder + projection) scoring questions against candidates,
+    with gradient, on the same tokenizers ([Q]/[D] markers, [MASK] query augmentation)
+    and the same masking (padding, punctuation) as indexing and search."""
+
+    def __init__(self, model: ColBERT, query_maxlen: int, doc_maxlen: int) -> None:
+        super().__init__()
+        self.colbert = model
+        config = model.colbert_config
+        config.configure(query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+        self.query_tokenizer = QueryTokenizer(config, verbose=0)
+        self.doc_tokenizer = DocTokenizer(config)
+        self.checkpoint_path = Path(config.checkpoint)
+        self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, query_maxlen: int, doc_maxlen: int,
+                        device: str | torch.device = "cpu") -> TrainableScorer:
+        """Load in eval mode (as Hugging Face models load); call ``.train()`` to train."""
+        model = load_colbert_checkpoint(path, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+        return cls(model, query_maxlen, doc_maxlen).to(device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        return int(self.colbert.colbert_config.dim)
+
+    def encode_queries(self, queries: Sequence[str]) -> torch.Tensor:
+        """[B, query_maxlen, dim], L2-normalised; exactly colbert-ai's ``ColBERT.query``."""
+        ids, mask = self.query_tokenizer.tensorize(list(queries))
+        return self.colbert.query(ids.to(self.device), mask.to(self.device))
+
+    def encode_docs(self, docs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D [n, Ld, dim], mask [n, Ld] bool): colbert-ai's ``ColBERT.doc``, except that
+        it never casts to fp16 on a GPU (scores stay in the training precision)."""
+        ids, attention = self.doc_tokenizer.tensorize(list(docs))
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        D = self.colbert.linear(self.colbert.bert(ids, attention_mask=attention)[0])
+        skiplist = getattr(self.colbert, "skiplist", {})
+        keep = torch.tensor(self.colbert.mask(ids, skiplist=skiplist), device=self.device)
+        D = D * keep.unsqueeze(-1).to(D.dtype)
+        return F.normalize(D, p=2, dim=-1), keep
+
+    def score(self, queries: Sequence[str], docs: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Scores [B, N] of each question against its N candidate texts (with gradient)."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} questions but {len(docs)} candidate lists")
+        n = len(docs[0]) if docs else 0
+        if n == 0 or any(len(row) != n for row in docs):
+            raise ValueError("every question needs the same, non-zero number of candidates")
+        Q = self.encode_queries(queries)
+        D, mask = self.encode_docs([text for row in docs for text in row])
+        return late_interaction(Q, D.view(len(docs), n, *D.shape[1:]), mask.view(len(docs), n, -1))
+
+    forward = score
+
+    @torch.no_grad()
+    def query_embeddings(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[B, query_maxlen, dim] float32 on the CPU, in eval mode: what PLAID search takes."""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [self.encode_queries(queries[i:i + batch_size]).float().cpu()
+                     for i in range(0, len(queries), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(parts)
+
+    def optimizer_group(self, lr: float, weight_decay: float = 0.0) -> dict[str, Any]:
+        """One optimizer parameter group: every trainable weight (encoder + projection)."""
+        return {"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
+                "weight_decay": weight_decay, "name": "retriever"}
+
+    def save(self, path: str | Path) -> Path:
+        """Write a colbert-ai checkpoint folder (loads with colbert's Searcher/Indexer and
+        :meth:`from_checkpoint`); written beside ``path`` and moved into place when done."""
+        path = Path(path).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        config = self.colbert.colbert_config
+        recorded = config.model_name, config.checkpoint
+        try:
+            # Saved without a model name or source path: the folder stands on its own.
+            config.configure(model_name=None, checkpoint=None)
+            with quiet_colbert():
+                self.colbert.save(str(tmp))
+            replace_folder(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            config.configure(model_name=recorded[0], checkpoint=recorded[1])
+        return path

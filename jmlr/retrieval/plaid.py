@@ -1,0 +1,308 @@
+"""PLAID index build and search, on colbert-ai's own indexer and searcher.
+
+An index folder is colbert-ai's PLAID index plus two files of ours:
+
+- ``jmlr_index.json``: the manifest (checkpoint path and content hash, corpus path,
+  fingerprint and size, settings, build time). Written last: a folder without it is not
+  a finished index.
+- ``passage_ids.json``: our passage id for each of colbert's integer pids, in order.
+
+Builds run in this process (colbert-ai's launcher would spawn a child per rank) into a
+hidden sibling folder that is renamed into place when complete, and train the centroids
+with a torch k-means (``kmeans.py``) instead of faiss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from jmlr.data.schema import Passage
+from jmlr.errors import ConfigError
+from jmlr.io import write_json
+from jmlr.retrieval import colbert as cb
+from jmlr.retrieval.folders import folder_sha256, replace_folder
+from jmlr.retrieval.kmeans import kmeans
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "jmlr_index.json"
+PASSAGE_IDS = "passage_ids.json"
+MANIFEST_FORMAT = "jmlr-plaid-index/1"
+
+
+@dataclass
+class IndexSettings:
+    doc_maxlen: int
+    query_maxlen: int
+    nbits: int
+    kmeans_niters: int
+    batch_size: int
+    seed: int
+
+
+class _ReusingEncoder:
+    """colbert's CollectionEncoder, remembering the one batch of passages it encoded last.
+
+    For a collection of up to ~30k passages colbert samples EVERY passage to train the
+    centroids, encodes them, and then encodes them all again to fill the index. Handing the
+    sample's vectors back when the same passages come again halves the build time; the
+    vectors are identical (same model, same inputs).
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.calls = 0
+        self.kept: tuple[list[str], torch.Tensor, list[int]] | None = None
+
+    def encode_passages(self, passages: list[str]) -> tuple[torch.Tensor, list[int]]:
+        self.calls += 1
+        kept, self.kept = self.kept, None
+        if kept is not None and kept[0] == passages:
+            return kept[1], kept[2]
+        embs, doclens = self.encoder.encode_passages(passages)
+        if self.calls == 1:  # the sample
+            self.kept = (list(passages), embs, doclens)
+        return embs, doclens
+
+
+class _TorchKMeansIndexer(cb.CollectionIndexer):
+    """colbert-ai's CollectionIndexer with its faiss k-means replaced by ``kmeans.kmeans``,
+    and the sample's vectors reused when the sample is the whole collection."""
+
+    seed = 0
+
+    def _sample_embeddings(self, sampled_pids: set[int]) -> float:
+        if len(sampled_pids) == len(self.collection) and self.nranks == 1:
+            self.encoder = _ReusingEncoder(self.encoder)
+        return super()._sample_embeddings(sampled_pids)
+
+    def _train_kmeans(self, sample: torch.Tensor, shared_lists: Any) -> torch.Tensor:
+        device = "cuda" if self.use_gpu else "cpu"
+        log.info("k-means: %d centroids over %d token vectors, %d iterations",
+                 self.num_partitions, sample.size(0), self.config.kmeans_niters)
+        centroids = kmeans(sample.to(device).float(), self.num_partitions,
+                           self.config.kmeans_niters, seed=self.seed)
+        centroids = F.normalize(centroids, dim=-1)
+        return centroids.half() if self.use_gpu else centroids.float()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch for colbert's sampling; restore the caller's streams."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count()))
+    try:
+        with torch.random.fork_rng(devices=devices):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _is_index(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / "metadata.json").is_file()
+
+
+def _remove_stale_builds(index_dir: Path) -> None:
+    """Delete hidden build folders left by interrupted builds (their process is gone)."""
+    for stale in index_dir.parent.glob(f".{index_dir.name}.building-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        alive = False
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                alive = int(pid) != os.getpid()
+            except OSError:
+                alive = False
+        if not alive:
+            log.info("removing an unfinished index build: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_can_build(index_dir: Path, overwrite: bool) -> None:
+    """ConfigError unless ``index_dir`` is free, or an index that ``overwrite`` allows replacing."""
+    if not index_dir.exists() or (index_dir.is_dir() and not any(index_dir.iterdir())):
+        return
+    if not index_dir.is_dir() or not _is_index(index_dir):
+        raise ConfigError(f"{index_dir} exists and is not an index; refusing to replace it "
+                          "(set retriever.index_dir to another folder)")
+    if not overwrite:
+        raise ConfigError(f"an index already exists at {index_dir}; pass --overwrite to rebuild it")
+
+
+def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
+                settings: IndexSettings, corpus_path: str, fingerprint: str,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Build the PLAID index of ``passages`` (their ``full_text``) into ``index_dir``.
+
+    Returns the manifest. The folder appears only when the build is complete.
+    """
+    if not passages:
+        raise ConfigError("the corpus is empty: nothing to index")
+    index_dir = index_dir.expanduser().resolve()
+    check_can_build(index_dir, overwrite)
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(index_dir)
+    checkpoint = checkpoint.resolve()
+    dim = cb.checkpoint_dim(checkpoint)
+    tmp = index_dir.with_name(f".{index_dir.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    config = cb.ColBERTConfig.from_existing(
+        cb.ColBERTConfig.load_from_checkpoint(str(checkpoint)),
+        cb.colbert_config_for(
+            checkpoint, doc_maxlen=settings.doc_maxlen, query_maxlen=settings.query_maxlen,
+            nbits=settings.nbits, kmeans_niters=settings.kmeans_niters,
+            index_bsize=settings.batch_size, index_path=str(tmp), index_name=index_dir.name,
+            nranks=1, rank=0, resume=False, avoid_fork_if_possible=True))
+    texts = [p.full_text for p in passages]
+    log.info("indexing %d passages with %s (dim %d, doc_maxlen %d, nbits %d) into %s",
+             len(texts), checkpoint, dim, settings.doc_maxlen, settings.nbits, index_dir)
+    started = time.perf_counter()
+    try:
+        with _seeded(settings.seed), cb.quiet_colbert(), \
+                cb.Run().context(config, inherit_config=False):
+            indexer = _TorchKMeansIndexer(config, cb.Collection(data=texts), verbose=1)
+            indexer.seed = settings.seed
+            indexer.run(shared_lists=[])
+        seconds = time.perf_counter() - started
+        colbert_meta = json.loads((tmp / "metadata.json").read_text(encoding="utf-8"))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "build_id": f"{fingerprint[:12]}-{int(time.time() * 1000):x}",
+            "checkpoint": {"path": str(checkpoint), "sha256": folder_sha256(checkpoint),
+                           "dim": dim},
+            "corpus": {"path": corpus_path, "fingerprint": fingerprint,
+                       "n_passages": len(texts)},
+            "settings": asdict(settings),
+            "num_partitions": colbert_meta.get("num_partitions"),
+            "num_embeddings": colbert_meta.get("num_embeddings"),
+            "build_seconds": round(seconds, 3),
+            "passages_per_second": round(len(texts) / max(seconds, 1e-9), 2),
+            "device": "cuda" if config.total_visible_gpus > 0 else "cpu",
+            "colbert_ai": metadata.version("colbert-ai"),
+        }
+        write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
+        write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
+        replace_folder(tmp, index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("index built in %.1f s (%.1f passages/s): %s", seconds,
+             manifest["passages_per_second"], index_dir)
+    return manifest
+
+
+def read_manifest(index_dir: Path) -> dict[str, Any]:
+    """The manifest of a finished index, or ConfigError saying how to build one."""
+    path = index_dir / MANIFEST
+    if not path.is_file():
+        if index_dir.is_dir() and _is_index(index_dir):
+            raise ConfigError(f"{index_dir} is not an index built by jmlr (no {MANIFEST}); "
+                              "rebuild it with `jmlr index --overwrite`")
+        raise ConfigError(f"no index at {index_dir}; build it with `jmlr index -c CONFIG`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConfigError(f"{path}: unreadable index manifest ({err})") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ConfigError(f"{path}: unknown index format {manifest.get('format')!r}")
+    return manifest
+
+
+def check_corpus(manifest: dict[str, Any], passages: Sequence[Passage], fingerprint: str,
+                 index_dir: Path) -> None:
+    """ConfigError when the configured corpus is not the one the index was built over."""
+    built = manifest["corpus"]
+    if built["fingerprint"] != fingerprint:
+        raise ConfigError(
+            f"the index at {index_dir} was built over a different corpus "
+            f"({built['n_passages']} passages from {built['path']}; the configured corpus has "
+            f"{len(passages)} and another fingerprint); rebuild it with `jmlr index --overwrite`")
+
+
+@dataclass
+class SearchResult:
+    passage_ids: list[str]
+    scores: list[float]
+    seconds: float          # PLAID search time of this query (encoding excluded)
+
+
+class PlaidSearcher:
+    """An opened index: colbert-ai's Searcher, our passage ids, the manifest.
+
+    ``checkpoint`` overrides the query encoder (default: the one the index was built with,
+    checked against its recorded hash); document vectors are always the indexed ones.
+    """
+
+    def __init__(self, index_dir: Path, checkpoint: Path | None = None,
+                 query_maxlen: int | None = None) -> None:
+        self.index_dir = index_dir.expanduser().resolve()
+        self.manifest = read_manifest(self.index_dir)
+        self.passage_ids: list[str] = json.loads(
+            (self.index_dir / PASSAGE_IDS).read_text(encoding="utf-8"))
+        if len(self.passage_ids) != self.manifest["corpus"]["n_passages"]:
+            raise ConfigError(f"{self.index_dir / PASSAGE_IDS} does not match the manifest")
+        recorded = self.manifest["checkpoint"]
+        if checkpoint is None:
+            checkpoint = Path(recorded["path"])
+            if not checkpoint.is_dir():
+                raise ConfigError(f"the index at {self.index_dir} was built with the checkpoint "
+                                  f"{checkpoint}, which no longer exists; rebuild the index")
+            if folder_sha256(checkpoint) != recorded["sha256"]:
+                raise ConfigError(f"the checkpoint {checkpoint} changed after the index at "
+                                  f"{self.index_dir} was built; rebuild the index")
+        checkpoint = checkpoint.expanduser().resolve()
+        cb.check_model_folder(checkpoint, "query encoder checkpoint")
+        if not cb.is_colbert_checkpoint(checkpoint):
+            raise ConfigError(f"query encoder checkpoint: {checkpoint} is not a ColBERT "
+                              f"checkpoint (no {cb.CHECKPOINT_MARKER})")
+        if cb.checkpoint_dim(checkpoint) != recorded["dim"]:
+            raise ConfigError(f"checkpoint {checkpoint} has dim {cb.checkpoint_dim(checkpoint)}, "
+                              f"the index at {self.index_dir} has dim {recorded['dim']}")
+        self.checkpoint = checkpoint
+        query_maxlen = query_maxlen or self.manifest["settings"]["query_maxlen"]
+        config = cb.colbert_config_for(checkpoint, query_maxlen=query_maxlen)
+        with cb.quiet_colbert():
+            self.searcher = cb.Searcher(index=str(self.index_dir), checkpoint=str(checkpoint),
+                                        collection=list(self.passage_ids), config=config,
+                                        verbose=0)
+
+    def encode(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """[B, query_maxlen, dim] query vectors from the searcher's checkpoint (colbert's path)."""
+        with cb.quiet_colbert():
+            parts = [self.searcher.encode(list(queries[i:i + batch_size]))
+                     for i in range(0, len(queries), batch_size)]
+        return torch.cat(parts)
+
+    def search(self, Q: torch.Tensor, k: int) -> list[SearchResult]:
+        """Top-``k`` passages for each query vector set in Q [B, Lq, dim], best first."""
+        results = []
+        with cb.quiet_colbert():
+            for row in range(Q.size(0)):
+                started = time.perf_counter()
+                pids, _, scores = self.searcher.dense_search(Q[row:row + 1], k=k)
+                results.append(SearchResult([self.passage_ids[p] for p in pids],
+                                            [float(s) for s in scores],
+                                            time.perf_counter() - started))
+        return results

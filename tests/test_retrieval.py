@@ -1,0 +1,342 @@
+"""The ColBERT retriever on colbert-ai: compatibility fix, checkpoints, trainable scorer,
+PLAID index build and search. Tiny real models; one index shared by the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tiny_retrieval import make_passages, tiny_config, tiny_task
+
+from jmlr.data.corpus import corpus_fingerprint, write_corpus
+from jmlr.errors import ConfigError
+from jmlr.retrieval import colbert as cb
+from jmlr.retrieval import plaid
+from jmlr.retrieval.candidates import run_index, search_questions
+from jmlr.retrieval.folders import folder_sha256
+from jmlr.retrieval.kmeans import assign, kmeans
+
+pytestmark = pytest.mark.timeout(300)   # colbert-ai can hang when a worker dies
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return tiny_task(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(task) -> Path:
+    return Path(task.manifest["checkpoint"]["path"])
+
+
+@pytest.fixture
+def scorer(checkpoint):
+    return cb.TrainableScorer.from_checkpoint(checkpoint, query_maxlen=32, doc_maxlen=48).eval()
+
+
+QUERIES = ["fever and rash in a child", "joint pain at night"]
+DOCS = [["Measles causes fever and rash.", "Gout: joint pain, swelling!"],
+        ["Gout: joint pain, swelling!", " ".join(["long"] * 200)]]   # the last is truncated
+
+
+# --- compatibility fix -------------------------------------------------------------------
+
+
+def test_compat_fix_is_installed_in_every_colbert_module():
+    assert cb.compat_installed()
+    import sys
+
+    holders = [m for n, m in sys.modules.items()
+               if n.startswith("colbert") and hasattr(m, "class_factory")]
+    assert holders and all(getattr(m.class_factory, "jmlr_compat", False) for m in holders)
+
+
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                    reason="transformers 4.x builds colbert-ai's model unpatched")
+def test_colbert_model_class_needs_the_fix_on_transformers_5(checkpoint):
+    """Without the fix, colbert-ai cannot build its model; with it, the same call works."""
+    config = cb.ColBERTConfig.load_from_checkpoint(str(checkpoint))
+    unpatched = cb._hf_colbert.class_factory.__wrapped__(str(checkpoint))
+    with pytest.raises(AttributeError, match="all_tied_weights_keys"):
+        unpatched.from_pretrained(str(checkpoint), colbert_config=config)
+    patched = cb._hf_colbert.class_factory(str(checkpoint))
+    model = patched.from_pretrained(str(checkpoint), colbert_config=config)
+    assert model.linear.weight.shape == (32, 64)
+
+
+def _build_in_child(checkpoint: str, queue) -> None:
+    try:
+        import jmlr.retrieval.colbert as child_cb
+
+        scorer = child_cb.TrainableScorer.from_checkpoint(checkpoint, 32, 48)
+        queue.put(("ok", scorer.dim))
+    except Exception as err:  # reported to the parent
+        queue.put(("error", repr(err)))
+
+
+@pytest.mark.slow
+def test_a_spawned_process_gets_the_fix_from_importing_our_module(checkpoint):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_build_in_child, args=(str(checkpoint), queue))
+    child.start()
+    result = queue.get(timeout=240)
+    child.join(timeout=60)
+    assert result == ("ok", 32)
+
+
+def test_importing_colbert_leaves_process_settings_alone():
+    import multiprocessing
+
+    assert multiprocessing.get_start_method(allow_none=True) != "spawn"
+    assert os.environ.get("TOKENIZERS_PARALLELISM") != "true"   # conftest sets "false"
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def test_an_encoder_is_converted_once_and_reused(task, tmp_path):
+    first = cb.prepare_checkpoint(str(task.bert), 32, task.cfg.run.cache_dir)
+    assert cb.is_colbert_checkpoint(first) and first.name.endswith("-dim32")
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    again = cb.prepare_checkpoint(str(task.bert), 32, task.cfg.run.cache_dir)
+    assert again == first and (first / "model.safetensors").stat().st_mtime_ns == stamp
+    # The same source in another cache gets the same seeded projection.
+    elsewhere = cb.prepare_checkpoint(str(task.bert), 32, tmp_path / "cache")
+    a = cb.load_colbert_checkpoint(first).linear.weight
+    b = cb.load_colbert_checkpoint(elsewhere).linear.weight
+    assert torch.equal(a, b)
+    # The encoder weights are the source's, under colbert's prefix.
+    from safetensors.torch import load_file
+
+    source = load_file(str(task.bert / "model.safetensors"))
+    converted = load_file(str(first / "model.safetensors"))
+    key = "embeddings.word_embeddings.weight"
+    assert torch.equal(source[key], converted[f"bert.{key}"])
+    # Another dim is another checkpoint; a ColBERT checkpoint is used as it is.
+    other = cb.prepare_checkpoint(str(task.bert), 16, task.cfg.run.cache_dir)
+    assert other != first and cb.checkpoint_dim(other) == 16
+    assert cb.prepare_checkpoint(str(first), 32, tmp_path / "unused") == first
+    assert not (tmp_path / "unused").exists()
+
+
+def test_bad_checkpoint_locations_are_clear_config_errors(task, tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        cb.prepare_checkpoint(str(tmp_path / "missing"), 32, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        cb.prepare_checkpoint(str(empty), 32, tmp_path)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(task.bert, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no weights"):
+        cb.prepare_checkpoint(str(no_weights), 32, tmp_path)
+    remote = tmp_path / "remote"
+    shutil.copytree(task.bert, remote)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.M"}}))
+    with pytest.raises(ConfigError, match="custom model code"):
+        cb.prepare_checkpoint(str(remote), 32, tmp_path)
+    broken = tmp_path / "broken_vocab"
+    shutil.copytree(task.bert, broken)
+    (broken / "tokenizer.json").unlink()
+    (broken / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    with pytest.raises(ConfigError, match="has only 5 tokens"):
+        cb.prepare_checkpoint(str(broken), 32, tmp_path)
+    with pytest.raises(ConfigError, match="not a ColBERT checkpoint"):
+        cb.TrainableScorer.from_checkpoint(task.bert, 32, 48)
+
+
+# --- trainable scorer ---------------------------------------------------------------------
+
+
+def test_scorer_equals_colbert_ai_score_on_colbert_ai_encodings(scorer, checkpoint):
+    flat = [d for row in DOCS for d in row]
+    with cb.quiet_colbert():   # colbert-ai's own inference path, from text
+        reference = cb.Checkpoint(str(checkpoint), colbert_config=cb.colbert_config_for(
+            checkpoint, query_maxlen=32, doc_maxlen=48), verbose=0)
+        Q = reference.queryFromText(QUERIES)
+        D, D_mask = reference.doc(*reference.doc_tokenizer.tensorize(flat),
+                                  keep_dims="return_mask")
+    expected = cb.colbert_score(Q.repeat_interleave(2, dim=0), D, D_mask,
+                                config=reference.colbert_config).view(2, 2)
+    got = scorer.score(QUERIES, DOCS)
+    assert got.shape == (2, 2) and got.requires_grad
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert scorer.encode_queries(QUERIES).shape == (2, 32, 32)
+    D_ours, mask = scorer.encode_docs(flat)
+    assert D_ours.shape[1] == 48 and mask.sum(-1).max() <= 48   # doc_maxlen respected
+
+
+def test_a_rank_loss_trains_encoder_and_projection(scorer):
+    scorer.train()
+    group = scorer.optimizer_group(lr=1e-2)
+    names = {id(p): n for n, p in scorer.named_parameters()}
+    assert {names[id(p)] for p in group["params"]} == set(names.values())
+    before = {n: p.detach().clone() for n, p in scorer.named_parameters()}
+    optimizer = torch.optim.SGD([group])
+    scores = scorer.score(QUERIES, DOCS)
+    # The first candidate should beat the second: -log σ(s_1 - s_2).
+    loss = -torch.nn.functional.logsigmoid(scores[:, 0] - scores[:, 1]).mean()
+    loss.backward()
+    projection = "colbert.model.linear.weight"
+    encoder = "colbert.model.bert.encoder.layer.0.attention.self.query.weight"
+    grads = dict(scorer.named_parameters())
+    assert grads[projection].grad.abs().sum() > 0 and grads[encoder].grad.abs().sum() > 0
+    optimizer.step()
+    after = dict(scorer.named_parameters())
+    assert not torch.equal(before[projection], after[projection].detach())
+    assert not torch.equal(before[encoder], after[encoder].detach())
+
+
+def test_save_and_load_give_identical_scores_in_colbert_format(scorer, tmp_path):
+    with torch.no_grad():  # move away from the indexed weights first
+        scorer.colbert.linear.weight.mul_(1.5).add_(0.01)
+    expected = scorer.score(QUERIES, DOCS).detach()
+    saved = scorer.save(tmp_path / "trained")
+    assert cb.is_colbert_checkpoint(saved) and not list(tmp_path.glob(".trained*"))
+    meta = json.loads((saved / "artifact.metadata").read_text())
+    assert meta["model_name"] is None and meta["dim"] == 32
+    loaded = cb.TrainableScorer.from_checkpoint(saved, 32, 48).eval()
+    torch.testing.assert_close(loaded.score(QUERIES, DOCS).detach(), expected, rtol=0, atol=0)
+    # colbert-ai's own loader reads the folder directly.
+    with cb.quiet_colbert():
+        reference = cb.Checkpoint(str(saved), colbert_config=cb.colbert_config_for(
+            saved, query_maxlen=32), verbose=0)
+        Q = reference.queryFromText(QUERIES)
+    torch.testing.assert_close(Q, loaded.query_embeddings(QUERIES))
+    scorer.save(tmp_path / "trained")   # saving over an existing checkpoint replaces it
+    assert cb.is_colbert_checkpoint(saved)
+
+
+# --- PLAID index ------------------------------------------------------------------------
+
+
+def test_every_passage_retrieves_itself_first(task):
+    searcher = plaid.PlaidSearcher(task.cfg.index_dir)
+    results = searcher.search(searcher.encode([p.full_text for p in task.passages]), k=5)
+    assert [r.passage_ids[0] for r in results] == [p.id for p in task.passages]
+    assert all(r.scores == sorted(r.scores, reverse=True) for r in results)
+
+
+def test_the_index_records_checkpoint_corpus_and_ids(task, checkpoint):
+    index = task.cfg.index_dir
+    manifest = json.loads((index / plaid.MANIFEST).read_text())
+    assert manifest["corpus"]["fingerprint"] == corpus_fingerprint(task.passages)
+    assert manifest["corpus"]["n_passages"] == 40
+    assert manifest["checkpoint"]["sha256"] == folder_sha256(checkpoint)
+    assert manifest["settings"]["doc_maxlen"] == 48 and manifest["settings"]["nbits"] == 2
+    assert manifest["build_seconds"] > 0 and manifest["passages_per_second"] > 0
+    assert json.loads((index / plaid.PASSAGE_IDS).read_text()) == [p.id for p in task.passages]
+    assert not list(index.parent.glob(f".{index.name}.*"))   # no build leftovers
+
+
+def test_an_existing_index_is_not_rebuilt_without_overwrite(task, run_cli):
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_index(task.cfg, overwrite=False)
+    code, _, err = run_cli("index", "-c", task.config_path)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_overwrite_replaces_the_index_and_an_interrupted_build_leaves_nothing(task, tmp_path,
+                                                                            monkeypatch, run_cli):
+    config = tmp_path / "config.yaml"
+    cfg = tiny_config(tmp_path, task.bert, task.root / "corpus.jsonl")
+    cfg.run.cache_dir = task.cfg.run.cache_dir
+    cfg.save(config)
+    assert run_cli("index", "-c", config)[0] == 0
+    first = plaid.read_manifest(cfg.index_dir)["build_id"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plaid, "kmeans", interrupted)
+    code, _, _ = run_cli("index", "-c", config, "--overwrite")
+    assert code == 130
+    assert plaid.read_manifest(cfg.index_dir)["build_id"] == first   # the old index is intact
+    assert not list(cfg.index_dir.parent.glob(".index.*"))
+    fresh = tmp_path / "fresh"
+    code, _, _ = run_cli("index", "-c", config, f"retriever.index_dir={fresh}")
+    assert code == 130 and not fresh.exists()
+    monkeypatch.undo()
+    code, out, _ = run_cli("index", "-c", config, "--overwrite")
+    assert code == 0 and "passages/s" in out
+    assert plaid.read_manifest(cfg.index_dir)["build_id"] != first
+
+
+def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, monkeypatch):
+    encoded: list[int] = []
+    doc_from_text = cb.Checkpoint.docFromText
+
+    def counting(self, docs, *args, **kwargs):
+        encoded.append(len(docs))
+        return doc_from_text(self, docs, *args, **kwargs)
+
+    monkeypatch.setattr(cb.Checkpoint, "docFromText", counting)
+    settings = plaid.IndexSettings(**task.manifest["settings"])
+    checkpoint = Path(task.manifest["checkpoint"]["path"])
+    fingerprint = corpus_fingerprint(task.passages)
+    plaid.build_index(checkpoint, task.passages, tmp_path / "reused", settings, "c", fingerprint)
+    assert sum(encoded) == 40   # every passage encoded once, although colbert samples all
+    encoded.clear()
+    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
+                        cb.CollectionIndexer._sample_embeddings)
+    plaid.build_index(checkpoint, task.passages, tmp_path / "plain", settings, "c", fingerprint)
+    assert sum(encoded) == 80
+    for name in ("centroids.pt", "0.codes.pt", "0.residuals.pt", "ivf.pid.pt"):
+        a = torch.load(tmp_path / "reused" / name, weights_only=True)
+        b = torch.load(tmp_path / "plain" / name, weights_only=True)
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)) \
+            if isinstance(a, tuple) else torch.equal(a, b), name
+
+
+def test_a_changed_corpus_is_refused(task, tmp_path):
+    changed = make_passages()
+    changed[3].text += " Also rare."
+    write_corpus(tmp_path / "corpus.jsonl", changed)
+    cfg = tiny_config(tmp_path, task.bert, tmp_path / "corpus.jsonl")
+    cfg.retriever.index_dir = str(task.cfg.index_dir)
+    with pytest.raises(ConfigError, match="different corpus"):
+        search_questions(cfg, task.dev)
+
+
+def test_search_without_an_index_says_how_to_build_one(task, tmp_path):
+    cfg = tiny_config(tmp_path, task.bert, task.root / "corpus.jsonl")
+    with pytest.raises(ConfigError, match="jmlr index"):
+        search_questions(cfg, task.dev)
+
+
+def test_a_changed_checkpoint_is_refused(task, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(task.cfg.index_dir, index)
+    manifest = json.loads((index / plaid.MANIFEST).read_text())
+    manifest["checkpoint"]["sha256"] = "0" * 64
+    (index / plaid.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="changed after the index"):
+        plaid.PlaidSearcher(index)
+    with pytest.raises(ConfigError, match="not a ColBERT checkpoint"):   # would get a random head
+        plaid.PlaidSearcher(task.cfg.index_dir, checkpoint=task.bert)
+
+
+# --- k-means ---------------------------------------------------------------------------
+
+
+def test_kmeans_is_seeded_and_handles_few_points():
+    points = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(kmeans(points, 16, 3, seed=4), kmeans(points, 16, 3, seed=4))
+    few = kmeans(points[:5], 8, 3)
+    assert few.shape == (8, 8) and torch.equal(few[:5], points[:5])
+    centroids = kmeans(points, 16, 5)
+    # Lloyd never increases the within-cluster error over its starting centroids.
+    start = kmeans(points, 16, 0)
+    def sse(c):
+        return ((points - c[assign(points, c)]) ** 2).sum()
+    assert sse(centroids) <= sse(start)
