@@ -1,0 +1,262 @@
+"""The training loop's links to the other stages: data, candidates, models, exports.
+
+Each function is a thin adapter over the module that owns the work (``jmlr.data``,
+``jmlr.retrieval``, ``jmlr.generation``), so ``loop.py`` reads as the training algorithm
+alone. Collective helpers (``broadcast``, ``gather``) are no-ops in a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jmlr.config import Config
+from jmlr.data.schema import MCQ, Candidates, Passage, read_candidates, write_candidates
+from jmlr.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_FILE = "train_candidates.jsonl"   # refreshed candidates, saved with a checkpoint
+DEV_KS = (1, 7)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """Questions, the corpus by id, and the candidates the loop reads passages from."""
+
+    train: list[MCQ]
+    passages: dict[str, Passage]
+    train_candidates: dict[str, Candidates]
+    dev: list[MCQ] = field(default_factory=list)
+    dev_candidates: dict[str, Candidates] = field(default_factory=dict)
+
+    def candidate_texts(self, questions: list[MCQ]) -> list[list[str]]:
+        """Passage texts of each question's candidates, best first (what joint_step takes)."""
+        return [[self.passages[pid].full_text for pid in self.train_candidates[q.id].passage_ids]
+                for q in questions]
+
+    def dev_rows(self, questions: list[MCQ]) -> tuple[list[list[str]], list[list[str]]]:
+        """(candidate ids, texts) per dev question; texts padded to one width by repeating
+        the last candidate (the scorer takes rectangular batches; callers cut the padding)."""
+        ids = [list(self.dev_candidates[q.id].passage_ids) for q in questions]
+        width = max(len(row) for row in ids)
+        texts = [[self.passages[pid].full_text for pid in row + row[-1:] * (width - len(row))]
+                 for row in ids]
+        return ids, texts
+
+    def set_train_candidates(self, candidates: dict[str, Candidates]) -> None:
+        check_candidates(candidates, self.train, self.passages, "train")
+        self.train_candidates = candidates
+
+
+def check_candidates(candidates: dict[str, Candidates], questions: list[MCQ],
+                     passages: dict[str, Passage], split: str) -> None:
+    """Every question has at least one candidate, and every candidate is in the corpus."""
+    missing = [q.id for q in questions if not candidates.get(q.id)
+               or not candidates[q.id].passage_ids]
+    if missing:
+        raise ConfigError(f"{len(missing)} {split} question(s) have no mined candidates (e.g. "
+                          f"{missing[:3]}): run `jmlr mine` again with this config")
+    unknown = sorted({pid for q in questions for pid in candidates[q.id].passage_ids
+                      if pid not in passages})
+    if unknown:
+        raise ConfigError(f"{split} candidates name {len(unknown)} passage(s) not in data.corpus "
+                          f"(e.g. {unknown[:3]}): the corpus changed since `jmlr mine`; mine again")
+
+
+def _mined(cfg: Config, split: str) -> dict[str, Candidates]:
+    from jmlr.retrieval.candidates import load_candidates
+
+    try:
+        return load_candidates(cfg, split)
+    except (FileNotFoundError, UserError) as err:
+        raise ConfigError(f"no usable mined candidates for the {split} split under "
+                          f"{cfg.candidates_dir} ({err}): run `jmlr mine` with this config "
+                          "before `jmlr train`") from None
+
+
+def load_training_data(cfg: Config) -> TrainingData:
+    """Train (and, when configured, dev) questions, the corpus and their mined candidates."""
+    from jmlr.data import load_corpus_from_config, load_split
+
+    train = load_split(cfg.data, "train")
+    passages = {p.id: p for p in load_corpus_from_config(cfg.data)}
+    data = TrainingData(train=train, passages=passages, train_candidates=_mined(cfg, "train"))
+    check_candidates(data.train_candidates, train, passages, "train")
+    if cfg.data.dev:
+        data.dev = [q for q in load_split(cfg.data, "dev") if q.gold_passage_ids]
+        if data.dev:
+            data.dev_candidates = _mined(cfg, "dev")
+            check_candidates(data.dev_candidates, data.dev, passages, "dev")
+        else:
+            log.info("dev questions name no gold passages: no dev retrieval metrics")
+    return data
+
+
+def read_candidate_file(path: Path) -> dict[str, Candidates]:
+    return {c.question_id: c for c in read_candidates(path)}
+
+
+def write_candidate_file(path: Path, candidates: dict[str, Candidates]) -> None:
+    write_candidates(path, list(candidates.values()))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_generator_for_training(cfg: Config) -> tuple[nn.Module, Any]:
+    """The generator (LoRA applied when it trains) and its tokenizer, on the CPU; frozen
+    entirely when ``jmlr.train_generator`` is false."""
+    from jmlr.generation.model import load_generator
+
+    model, tokenizer = load_generator(cfg.generator, cfg.run.cache_dir, device="cpu",
+                                      for_training=cfg.jmlr.train_generator)
+    if not cfg.jmlr.train_generator:
+        model.requires_grad_(False)
+    return model, tokenizer
+
+
+def load_retriever_for_training(cfg: Config) -> nn.Module:
+    """The trainable ColBERT scorer; every weight frozen when ``jmlr.train_retriever`` is
+    false (the RAG baseline), all trainable otherwise."""
+    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+
+    path = prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir)
+    scorer = TrainableScorer.from_checkpoint(path, cfg.retriever.query_maxlen,
+                                             cfg.retriever.doc_maxlen)
+    scorer.requires_grad_(cfg.jmlr.train_retriever)
+    return scorer
+
+
+def make_encode_fn(cfg: Config, tokenizer: Any):
+    """(questions[n], passages[n][*] best first) → padded batch, with the one prompt template."""
+    from jmlr.generation.prompts import collate, encode_example
+
+    def encode(questions: list[MCQ], passages: list[list[str]]) -> dict[str, torch.Tensor]:
+        examples = [encode_example(tokenizer, q, p, cfg.jmlr.target, cfg.jmlr.utility_span,
+                                   cfg.generator.max_length) for q, p in zip(questions, passages, strict=True)]
+        return collate(examples, tokenizer.pad_token_id)
+
+    return encode
+
+
+def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = False) -> None:
+    """Adapters (peft safetensors) + in-place trained extras + tokenizer into ``path``
+    (``generation.model.save_generator``); merged weights into ``path/merged`` when asked
+    (that merges the adapters into ``model``: do it last)."""
+    from jmlr.generation import model as generation
+
+    generation.save_generator(model, tokenizer, path)
+    if merge:
+        generation.merge_and_save(model, tokenizer, path / "merged")
+
+
+def export_final(folder: Path, generator: nn.Module, retriever: nn.Module, tokenizer: Any,
+                 merge: bool) -> None:
+    """``RUN/final/generator`` and ``RUN/final/retriever`` (colbert-ai format), built in a
+    temporary folder and renamed into place."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_generator(generator, tokenizer, tmp / "generator", merge=merge)
+    retriever.save(tmp / "retriever")
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("exported the generator and the retriever to %s", folder)
+
+
+def _digest(params: list[tuple[str, nn.Parameter]]) -> str:
+    digest = hashlib.sha256()
+    for name, param in params:
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checksums(joint: nn.Module, accelerator: Any) -> dict[str, Any]:
+    """sha256 prefixes of this rank's generator and retriever weights (the trainable ones, or
+    all of a frozen model): equal on every rank when ranks stayed in sync. None where the
+    backend shards weights (each rank holds a different part)."""
+    row: dict[str, Any] = {"rank": accelerator.process_index}
+    sharded = str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
+    for name in ("generator", "retriever"):
+        params = list(getattr(joint, name).named_parameters())
+        chosen = [(n, p) for n, p in params if p.requires_grad] or params
+        row[name] = None if sharded else _digest(chosen)
+    return row
+
+
+# --------------------------------------------------------------------------- retrieval during training
+
+
+def refresh(cfg: Config, retriever: nn.Module, questions: list[MCQ],
+            index_dir: str = "") -> dict[str, Candidates]:
+    """Re-search the index with the current query encoder (main process)."""
+    from jmlr.retrieval.candidates import refresh_candidates
+
+    if index_dir:
+        cfg = _with_index(cfg, index_dir)
+    return refresh_candidates(cfg, retriever, questions)
+
+
+def reindex(cfg: Config, retriever: nn.Module, run_dir: Path) -> str:
+    """Rebuild an index of the corpus with the current retriever into ``RUN/reindexed`` (never
+    over the index the candidates were mined from); returns its folder. Main process only."""
+    from jmlr.retrieval.candidates import reindex as rebuild
+
+    index_dir = str((run_dir / "reindexed").resolve())
+    rebuild(_with_index(cfg, index_dir), retriever)
+    return index_dir
+
+
+def _with_index(cfg: Config, index_dir: str) -> Config:
+    import copy
+
+    new = copy.deepcopy(cfg)
+    new.retriever.index_dir = index_dir
+    return new
+
+
+def dev_metrics(questions: list[MCQ], scored: list[tuple[str, list[str], list[float]]]) -> dict:
+    """Retrieval metrics of gold passages after re-ranking candidates by the given scores."""
+    from jmlr.retrieval.candidates import retrieval_metrics
+
+    reranked = {}
+    for qid, pids, scores in scored:
+        order = sorted(range(len(pids)), key=lambda i, s=scores: -s[i])
+        reranked[qid] = Candidates(qid, [pids[i] for i in order], [float(scores[i]) for i in order])
+    return retrieval_metrics(reranked, questions, ks=DEV_KS)
+
+
+def broadcast(obj: Any) -> Any:
+    """The main process's ``obj`` on every process."""
+    from accelerate.state import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if PartialState().num_processes == 1:
+        return obj
+    return broadcast_object_list([obj])[0]
+
+
+def gather(items: list) -> list:
+    """Every process's list items, concatenated in rank order, on every process."""
+    from accelerate.state import PartialState
+    from accelerate.utils import gather_object
+
+    if PartialState().num_processes == 1:
+        return list(items)
+    return gather_object(items)

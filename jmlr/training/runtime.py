@@ -1,0 +1,211 @@
+"""What the training loop needs around the model: the accelerator, data order, metrics, signals.
+
+Kept apart from ``loop.py`` so that the loop reads as the algorithm and these pieces can be
+tested alone. Nothing here creates an accelerator or a process group at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jmlr.config import Config
+from jmlr.errors import ConfigError
+from jmlr.io import read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+# --------------------------------------------------------------------------- accelerator
+
+
+def resolve_mixed_precision(setting: str, on_cuda: bool, bf16_supported: bool) -> str:
+    """``train.mixed_precision`` → accelerate's setting; "auto" is bf16 on a CUDA device that
+    supports it, otherwise full precision.
+
+    >>> resolve_mixed_precision("auto", on_cuda=True, bf16_supported=True)
+    'bf16'
+    >>> resolve_mixed_precision("auto", on_cuda=False, bf16_supported=False)
+    'no'
+    >>> resolve_mixed_precision("fp16", on_cuda=True, bf16_supported=True)
+    'fp16'
+    """
+    if setting != "auto":
+        return setting
+    return "bf16" if on_cuda and bf16_supported else "no"
+
+
+def tracker_backends() -> list[str]:
+    """Accelerate trackers to log to: TensorBoard when it is installed, else none."""
+    have = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    return ["tensorboard"] if have else []
+
+
+def make_accelerator(cfg: Config, run_dir: Path) -> Any:
+    """The Accelerator for this run: device from ``run.device``, precision from
+    ``train.mixed_precision``, accumulation from ``train.grad_accum``. The distributed setup
+    (DDP, FSDP, DeepSpeed, number of processes) comes from ``accelerate launch`` alone."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    on_cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device is cuda but no CUDA device is available (use auto or cpu)")
+    bf16 = on_cuda and torch.cuda.is_bf16_supported()
+    precision = resolve_mixed_precision(cfg.train.mixed_precision, on_cuda, bf16)
+    if precision == "fp16" and not on_cuda:
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA device; use bf16, no or auto")
+    # Utility forwards run without gradient and the rank loss may use no pair in a batch:
+    # let DDP find the parameters that a step leaves unused, and skip per-forward buffer syncs
+    # (rotary caches are deterministic) since forwards per step need not match across ranks.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    return Accelerator(
+        cpu=cfg.run.device == "cpu", mixed_precision=precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        step_scheduler_with_optimizer=False,   # stepped once per optimizer step, by the loop
+        log_with=tracker_backends() or None, project_dir=str(run_dir),
+        kwargs_handlers=[ddp])
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as ``section.key`` → scalar, for trackers that accept only scalars."""
+    flat: dict[str, Any] = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, int | float | str | bool) \
+                else json.dumps(value)
+    return flat
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def batches_per_epoch(n_items: int, batch_size: int, world: int) -> int:
+    """Micro-batches each rank sees per epoch (ranks get equal shards; a short last batch).
+
+    >>> batches_per_epoch(10, 3, 2), batches_per_epoch(4, 2, 2)
+    (2, 1)
+    """
+    per_rank = n_items // world
+    if per_rank == 0:
+        raise ConfigError(f"{n_items} training questions cannot be split over {world} processes")
+    return math.ceil(per_rank / batch_size)
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, rank: int,
+                  world: int) -> list[list[int]]:
+    """This rank's micro-batches (item indices) for one epoch.
+
+    The order is a permutation drawn from ``(seed, epoch)`` alone, so any rank can rebuild it
+    after a restart; each rank takes an equal contiguous shard (the remainder of
+    ``n_items / world`` sits the epoch out), cut into batches of ``batch_size``.
+
+    >>> epoch_batches(10, 3, seed=0, epoch=0, rank=0, world=2) == epoch_batches(10, 3, 0, 0, 0, 2)
+    True
+    >>> a, b = epoch_batches(10, 3, 0, 0, 0, 2), epoch_batches(10, 3, 0, 0, 1, 2)
+    >>> [len(x) for x in a], set(sum(a, [])) & set(sum(b, []))
+    ([3, 2], set())
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n_items).tolist()
+    per_rank = n_items // world
+    shard = order[rank * per_rank:(rank + 1) * per_rank]
+    return [shard[i:i + batch_size] for i in range(0, per_rank, batch_size)]
+
+
+def total_optimizer_steps(max_steps: int, epochs: float, per_epoch: int, grad_accum: int) -> int:
+    """Optimizer steps of the run: ``max_steps`` when set, else ``epochs`` worth of batches.
+
+    >>> total_optimizer_steps(0, 1.0, 10, 4), total_optimizer_steps(7, 1.0, 10, 4)
+    (3, 7)
+    """
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(math.ceil(epochs * per_epoch) / grad_accum))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """``RUN/metrics.jsonl`` (one JSON object per logged step) plus accelerate's trackers.
+
+    Only the main process writes. Each row is appended with one write and flushed, so a
+    killed run leaves whole lines; on resume, rows past the checkpoint are dropped.
+    """
+
+    def __init__(self, accelerator: Any, run_dir: Path) -> None:
+        self.accelerator = accelerator
+        self.path = run_dir / METRICS_FILE
+
+    def reset(self) -> None:
+        if self.accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("", encoding="utf-8")
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only rows up to ``step`` (what a checkpoint at ``step`` has already seen)."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        if not self.path.read_text(encoding="utf-8").strip():
+            return
+        rows = [row for _, row in read_jsonl(self.path) if int(row.get("step", 0)) <= step]
+        write_jsonl(self.path, rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+        scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
+        prefix = f"{row['split']}/" if "split" in row else "train/"
+        self.accelerator.log({prefix + k: v for k, v in scalars.items()}, step=int(row["step"]))
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGINT; the loop checks it at step boundaries (all ranks agree)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """While active, SIGTERM and SIGINT ask the loop to checkpoint and stop at the next step
+    boundary instead of killing it; a second SIGINT interrupts at once. Handlers can only be
+    installed from the main thread; elsewhere the defaults stay."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if request.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.requested, request.signal_name = True, name
+        log.warning("%s received: saving a checkpoint at the next step boundary, then stopping", name)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
