@@ -1,0 +1,373 @@
+"""jmlr evaluate: scoring by letter / option text / generation, modes, metrics, files.
+
+Real tiny models throughout: the random-weight 2-layer Llama (tinycoder) as generator, a
+random-weight tiny BERT turned into a ColBERT checkpoint as retriever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_retrieval import make_passages, make_questions, make_tiny_bert
+
+from jmlr.config import load_config
+from jmlr.data.corpus import write_corpus
+from jmlr.data.formats import write_questions
+from jmlr.data.schema import Candidates, write_candidates
+from jmlr.errors import DataError
+from jmlr.evaluation.mcq import build_item, run_evaluate
+from jmlr.evaluation.metrics import (
+    Prediction,
+    accuracy,
+    bootstrap_interval,
+    read_predictions,
+    summarise,
+)
+from jmlr.evaluation.scoring import ScoringItem, score_options
+from jmlr.generation import prompts
+from jmlr.generation.model import load_generator
+
+REPO = Path(__file__).resolve().parents[1]
+N_QUESTIONS = 6
+SUBJECTS = ("anatomy", "genetics")
+
+
+@dataclasses.dataclass
+class World:
+    root: Path
+    cache: Path
+    passages: list
+    questions: list
+    corpus: Path
+    test_file: Path
+    bert: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("eval_world")
+    passages = make_passages(12, seed=4)
+    questions = [dataclasses.replace(q, rationale=f"The findings point to syndrome {i}.",
+                                     metadata={"subject": SUBJECTS[i % 2]})
+                 for i, q in enumerate(make_questions(passages, "e", range(N_QUESTIONS), seed=5))]
+    write_corpus(root / "corpus.jsonl", passages)
+    write_questions(root / "test.jsonl", questions)
+    return World(root, root / "cache", passages, questions, root / "corpus.jsonl",
+                 root / "test.jsonl", make_tiny_bert(root / "tiny-bert"))
+
+
+def config(world: World, run_dir: Path, *extra: str):
+    return load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.out_dir={run_dir}", f"run.cache_dir={world.cache}", f"data.corpus={world.corpus}",
+        f"data.test={world.test_file}", f"retriever.checkpoint={world.bert}",
+        "jmlr.r_read=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def generator(world):
+    cfg = config(world, world.root / "run")
+    return load_generator(cfg.generator, world.cache, for_training=False)
+
+
+def texts(world: World, k: int) -> list[str]:
+    return [p.full_text for p in world.passages[:k]]
+
+
+# --- token ids: the training template ----------------------------------------------------
+
+
+def test_letters_and_option_texts_are_the_training_targets_tokens(world, generator):
+    _, tokenizer = generator
+    for max_length in (256, 90):          # 90 forces the passages to be cut
+        for q in world.questions[:3]:
+            item = build_item(tokenizer, q, texts(world, 3), max_length, "letter_text")
+            encoded = prompts.encode_options(tokenizer, q, texts(world, 3), "letter_text",
+                                             "option_text", max_length)
+            for k, letter in enumerate(q.options):
+                ex = encoded[letter]
+                start = ex.target_mask.index(True)
+                assert ex.input_ids[:start] == item.prompt_ids
+                first = ex.input_ids[start:start + len(item.letter_prefix) + 1]
+                assert first == [*item.letter_prefix, item.letter_ids[k]]
+                option_text = [t for t, m in zip(ex.input_ids, ex.utility_mask, strict=True) if m]
+                assert option_text == item.continuation_ids[k]
+        assert len(set(item.letter_ids)) == len(q.options)
+
+
+# --- scoring -----------------------------------------------------------------------------
+
+
+def items_of_mixed_lengths(world, tokenizer) -> list[ScoringItem]:
+    return [build_item(tokenizer, q, texts(world, i % 4), 256)
+            for i, q in enumerate(world.questions)]
+
+
+def test_batched_scores_equal_one_question_at_a_time(world, generator):
+    model, tokenizer = generator
+    items = items_of_mixed_lengths(world, tokenizer)
+    assert len({len(it.prompt_ids) for it in items}) > 2          # padding really happens
+    batched = score_options(model, items, tokenizer.pad_token_id)
+    for row, item in enumerate(items):
+        alone = score_options(model, [item], tokenizer.pad_token_id)
+        assert len(batched.letter[row]) == len(item.letter_ids) == 4
+        torch.testing.assert_close(torch.tensor(batched.letter[row]), torch.tensor(alone.letter[0]),
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.tensor(batched.option_text[row]),
+                                   torch.tensor(alone.option_text[0]), atol=1e-4, rtol=0)
+
+
+def full_sequence_logprobs(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def test_scores_are_the_log_likelihoods_of_a_plain_forward(world, generator):
+    model, tokenizer = generator
+    item = build_item(tokenizer, world.questions[0], texts(world, 2), 256)
+    scored = score_options(model, [item], tokenizer.pad_token_id)
+    last = full_sequence_logprobs(model, item.prompt_ids)[-1]
+    assert scored.letter[0] == pytest.approx([last[t].item() for t in item.letter_ids], abs=1e-4)
+    expected = []
+    for cont in item.continuation_ids:
+        lp = full_sequence_logprobs(model, item.prompt_ids + cont)
+        start = len(item.prompt_ids)
+        expected.append(sum(lp[start - 1 + j, t].item() for j, t in enumerate(cont)) / len(cont))
+    assert scored.option_text[0] == pytest.approx(expected, abs=1e-4)
+    assert len(set(scored.option_text[0])) > 1
+
+
+def test_a_shared_letter_prefix_is_read_before_the_letter(generator):
+    model, tokenizer = generator
+    prompt = tokenizer("Question: which one?\nAnswer:", add_special_tokens=True)["input_ids"]
+    prefix = tokenizer(" option", add_special_tokens=False)["input_ids"]
+    letters = [tokenizer(f" {c}", add_special_tokens=False)["input_ids"][-1] for c in "AB"]
+    with_prefix = ScoringItem(prompt, letters, [[5], [6]], letter_prefix=prefix)
+    plain = ScoringItem(prompt[:-1], letters, [[5], [6]])         # a row without a prefix
+    scored = score_options(model, [with_prefix, plain], tokenizer.pad_token_id)
+    after = full_sequence_logprobs(model, prompt + prefix)[-1]
+    assert scored.letter[0] == pytest.approx([after[t].item() for t in letters], abs=1e-4)
+    before = full_sequence_logprobs(model, prompt[:-1])[-1]
+    assert scored.letter[1] == pytest.approx([before[t].item() for t in letters], abs=1e-4)
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_is_seeded_and_contains_the_accuracy():
+    rng = random.Random(0)
+    for n in (5, 37, 200):
+        correct = [rng.random() < 0.6 for _ in range(n)]
+        low, high = bootstrap_interval(correct, samples=300, seed=7)
+        assert low <= accuracy(correct) <= high
+        assert (low, high) == bootstrap_interval(correct, samples=300, seed=7)
+        assert 0.0 <= low < high <= 1.0
+    wide = bootstrap_interval([True, False] * 10, samples=500, seed=1)
+    narrow = bootstrap_interval([True, False] * 500, samples=500, seed=1)
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+    assert bootstrap_interval([], samples=100, seed=0) == (0.0, 0.0)
+
+
+def test_unparseable_answers_are_wrong_and_listed():
+    rows = [Prediction("a", "d", "none", "generate", "A", None, False),
+            Prediction("b", "d", "none", "generate", "B", "B", True),
+            Prediction("c", "d", "none", "generate", "C", "A", False)]
+    summary = summarise(rows, samples=50, seed=0)
+    assert summary["accuracy"] == pytest.approx(1 / 3)
+    assert summary["unparseable"] == 1 and summary["unparseable_ids"] == ["a"]
+    assert summary["n"] == 3 and summary["n_correct"] == 1
+
+
+def test_a_malformed_predictions_file_names_file_line_and_field(tmp_path):
+    good = Prediction("q1", "test", "none", "letter", "A", "A", True, {"A": -1.0, "B": -2.0}).to_json()
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps(good) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"predictions.jsonl:2: malformed JSON"):
+        read_predictions(path)
+    bad = dict(good, correct="yes")
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"predictions.jsonl:2: field 'correct'"):
+        read_predictions(path)
+    path.write_text(json.dumps(dict(good, mode="sideways")) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r":1: field 'mode'"):
+        read_predictions(path)
+    assert read_predictions(_write(tmp_path, [good]))[0].id == "q1"
+
+
+def _write(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "ok.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def test_evaluate_without_retrieval_answers_every_question_by_every_method(world, capsys):
+    run_dir = world.root / "run_none"
+    kb = world.root / "kb.jsonl"
+    kb.write_text(json.dumps({"concept_id": "C0039082", "canonical_name": "Syndrome",
+                              "aliases": ["syndromes"], "types": ["T047"], "definition": ""}) + "\n")
+    cfg = config(world, run_dir, "eval.modes=[none]", "eval.scoring=[letter, option_text, generate]",
+                 "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=6", f"factuality.kb={kb}")
+    metrics = run_evaluate(cfg, run_dir)
+    out = capsys.readouterr().out
+    assert "| mode | scoring | test | Average |" in out and "| no retrieval | letter |" in out
+
+    rows = read_predictions(run_dir / "eval" / "test" / "predictions.jsonl")
+    questions = {q.id: q for q in world.questions[:5]}
+    assert len(rows) == 5 * 3
+    for scoring in ("letter", "option_text", "generate"):
+        assert {r.id for r in rows if r.scoring == scoring} == set(questions)
+    for r in rows:
+        q = questions[r.id]
+        assert r.mode == "none" and r.retrieved == [] and r.gold == q.answer
+        assert r.correct == (r.predicted == q.answer)
+        assert r.reference_rationale == q.rationale
+        if r.scoring == "generate":
+            assert isinstance(r.generated, str) and r.option_scores == {}
+            assert r.predicted is None or r.predicted in q.options
+        else:
+            assert set(r.option_scores) == set(q.options) and r.generated is None
+            assert r.predicted == max(r.option_scores, key=r.option_scores.get)
+    assert any(r.option_scores != s.option_scores for r in rows for s in rows
+               if r.id == s.id and {r.scoring, s.scoring} == {"letter", "option_text"})
+
+    written = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    assert written["results"] == metrics["results"]
+    assert {"split", "datasets", "results", "retrieval", "table", "table_markdown", "bootstrap",
+            "timing_s"} <= set(written)
+    generate = written["results"]["test"]["none"]["generate"]
+    unparseable = sorted(r.id for r in rows if r.scoring == "generate" and r.predicted is None)
+    assert generate["unparseable"] == len(unparseable)
+    assert sorted(generate["unparseable_ids"]) == unparseable
+    for scoring in ("letter", "option_text", "generate"):
+        s = written["results"]["test"]["none"][scoring]
+        assert s["n"] == 5 and s["ci_low"] <= s["accuracy"] <= s["ci_high"]
+        assert set(s["per_subject"]) == set(SUBJECTS)
+        assert sum(v["n"] for v in s["per_subject"].values()) == 5
+    assert written["retrieval"] == {"test": {}}
+    assert [r["scoring"] for r in written["table"]["rows"]] == ["letter", "option_text", "generate"]
+    # UMLS-F of the generated rationales follows, beside the predictions
+    assert written["factuality"]["n"] == 5
+    report = json.loads((run_dir / "eval" / "test" / "report.json").read_text())
+    assert sorted(e["id"] for e in report["examples"]) == sorted(questions)
+    assert all(e["reference_concepts"] for e in report["examples"])   # "syndrome ..." is linked
+
+
+def make_trained_run(world: World, run_dir: Path, cfg) -> None:
+    """What `jmlr train` exports: LoRA adapters (moved away from zero so that they change the
+    model) and a ColBERT checkpoint whose projection moved."""
+    from jmlr.generation.model import save_generator
+    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+
+    torch.manual_seed(0)
+    model, tokenizer = load_generator(cfg.generator, world.cache, for_training=True)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    save_generator(model, tokenizer, run_dir / "final" / "generator")
+    start = prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir)
+    scorer = TrainableScorer.from_checkpoint(start, cfg.retriever.query_maxlen, cfg.retriever.doc_maxlen)
+    with torch.no_grad():
+        scorer.colbert.linear.weight.add_(torch.randn_like(scorer.colbert.linear.weight))
+    scorer.save(run_dir / "final" / "retriever")
+    cfg.save(run_dir / "config.yaml")
+
+
+def expected_order(scorer, q, pool: list[str], corpus: dict[str, str]) -> list[str]:
+    with torch.no_grad():
+        scores = scorer.score([q.retrieval_query], [[corpus[p] for p in pool]])[0].tolist()
+    return [pool[i] for i in sorted(range(len(pool)), key=lambda i: -scores[i])]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(world):
+    from jmlr.generation.model import load_trained_generator
+    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+
+    run_dir = world.root / "run_trained"
+    cfg = config(world, run_dir, "eval.modes=[frozen, trained]", "eval.scoring=[letter]",
+                 "candidates.top_n=5")
+    make_trained_run(world, run_dir, cfg)
+    rng = random.Random(1)
+    pools = {}
+    for q in world.questions:   # mined candidates: the gold passage among 5, in a random order
+        others = [p.id for p in world.passages if p.id not in q.gold_passage_ids]
+        pool = [*q.gold_passage_ids, *rng.sample(others, 4)]
+        rng.shuffle(pool)
+        pools[q.id] = pool
+    write_candidates(cfg.candidates_dir / "test.jsonl",
+                     [Candidates(qid, pool, [float(-i) for i in range(5)]) for qid, pool in pools.items()])
+
+    metrics = run_evaluate(cfg, run_dir)
+    rows = read_predictions(run_dir / "eval" / "test" / "predictions.jsonl")
+    assert len(rows) == 2 * N_QUESTIONS
+    corpus = {p.id: p.full_text for p in world.passages}
+    scorers = {
+        "frozen": TrainableScorer.from_checkpoint(
+            prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir),
+            cfg.retriever.query_maxlen, cfg.retriever.doc_maxlen).eval(),
+        "trained": TrainableScorer.from_checkpoint(
+            run_dir / "final" / "retriever", cfg.retriever.query_maxlen, cfg.retriever.doc_maxlen).eval(),
+    }
+    questions = {q.id: q for q in world.questions}
+    orders = {}
+    for r in rows:
+        ids = [x["id"] for x in r.retrieved]
+        assert ids == expected_order(scorers[r.mode], questions[r.id], pools[r.id], corpus)[:2]
+        scores = [x["score"] for x in r.retrieved]
+        assert scores == sorted(scores, reverse=True)
+        orders[r.mode, r.id] = ids
+    assert any(orders["frozen", q] != orders["trained", q] for q in questions)
+
+    # the trained mode answered with the run's generator (not the base one)
+    trained_model, tokenizer = load_trained_generator(cfg.generator, world.cache,
+                                                      run_dir / "final" / "generator")
+    base_model, _ = load_generator(cfg.generator, world.cache, for_training=False)
+    row = next(r for r in rows if r.mode == "trained")
+    item = build_item(tokenizer, questions[row.id], [corpus[i] for i in orders["trained", row.id]],
+                      cfg.generator.max_length, cfg.jmlr.target)
+    from_trained = score_options(trained_model, [item], tokenizer.pad_token_id, option_text=False)
+    from_base = score_options(base_model, [item], tokenizer.pad_token_id, option_text=False)
+    assert list(row.option_scores.values()) == pytest.approx(from_trained.letter[0], abs=1e-4)
+    assert from_trained.letter[0] != pytest.approx(from_base.letter[0], abs=1e-3)
+
+    for mode in ("frozen", "trained"):
+        recall = metrics["retrieval"]["test"][mode]
+        assert recall["recall@5"] == 1.0           # the gold passage is always in the pool
+        assert 0.0 <= recall["recall@1"] <= recall["recall@2"] <= 1.0 and 0.2 <= recall["mrr"] <= 1.0
+
+
+def test_cli_trained_mode_needs_a_trained_run(world, run_cli, tmp_path):
+    cfg = config(world, tmp_path)
+    cfg.save(tmp_path / "config.yaml")
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", tmp_path / "nowhere",
+                           "--mode", "trained")
+    assert code == 2
+    assert "final/generator does not exist" in err
+
+
+@pytest.mark.slow
+@pytest.mark.colbert
+@pytest.mark.timeout(300)
+def test_frozen_mode_searches_a_real_plaid_index(tmp_path_factory, capsys):
+    from tiny_retrieval import tiny_task
+
+    task = tiny_task(tmp_path_factory.getbasetemp())
+    run_dir = tmp_path_factory.mktemp("plaid_run")
+    cfg = load_config(task.config_path, [f"data.test={task.root / 'dev.jsonl'}", "eval.modes=[frozen]",
+                                         "eval.scoring=[letter]", "jmlr.r_read=3"])
+    metrics = run_evaluate(cfg, run_dir)
+    rows = read_predictions(run_dir / "eval" / "test" / "predictions.jsonl")
+    assert len(rows) == len(task.dev)
+    passage_ids = {p.id for p in task.passages}
+    assert all(len(r.retrieved) == 3 and {x["id"] for x in r.retrieved} <= passage_ids for r in rows)
+    recall = metrics["retrieval"]["test"]["frozen"]
+    assert recall["n_questions"] == len(task.dev) and recall["recall@8"] >= recall["recall@1"]
