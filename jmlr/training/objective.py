@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,19 +219,27 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
         raise ValueError(f"{len(questions)} questions but {len(texts)} candidate lists")
     batch_size = len(questions)
 
-    with nullcontext() if cfg.train_retriever else torch.no_grad():
-        scores = score_fn([q.retrieval_query for q in questions], texts)           # [B, N]
+    queries = [q.retrieval_query for q in questions]
+    # All N candidates are scored without gradient (sampling and reading need only values);
+    # the rank loss touches only the k drawn ones, so only those are re-scored with gradient:
+    # the same loss and gradients at k/N of the retriever's backward cost.
+    with torch.no_grad():
+        scores = score_fn(queries, texts)                                        # [B, N]
     if scores.shape != (batch_size, len(texts[0])):
         raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected "
                          f"{(batch_size, len(texts[0]))}")
 
     sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator)  # [B, k]
     k = sampled.shape[1]
+    drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
     utility_batch = encode_fn([q for q in questions for _ in range(k)],
-                              [[texts[b][j]] for b in range(batch_size) for j in sampled[b].tolist()])
+                              [[text] for row in drawn for text in row])
     utilities = passage_utilities(model, utility_batch, "utility_mask",
                                   max_tokens_per_forward).view(batch_size, k)
-    sampled_scores = scores.gather(1, sampled.to(scores.device))                 # [B, k]
+    if cfg.train_retriever:
+        sampled_scores = score_fn(queries, drawn)                                # [B, k]
+    else:
+        sampled_scores = scores.gather(1, sampled.to(scores.device))             # [B, k]
     pairwise = pairwise_rank_loss(sampled_scores, utilities)
     if cfg.objective == "listwise":
         rank_loss = listwise_kl_loss(sampled_scores, utilities, cfg.tau, cfg.listwise_beta)
