@@ -18,7 +18,7 @@ from jmlr.config import Config
 log = logging.getLogger(__name__)
 
 # --quick: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
-QUICK = {"diseases": 200, "questions": 150, "max_steps": 8, "eval_limit": 24}
+QUICK = {"diseases": 120, "questions": 100, "max_steps": 3, "k_sample": 4, "eval_limit": 12}
 FULL = {"diseases": 600, "questions": 600}
 
 
@@ -35,6 +35,7 @@ def demo_config(cfg: Config, quick: bool) -> Config:
     if quick:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=cfg.run.out_dir.rstrip("/") + "-quick"))
         cfg = replace(cfg, train=replace(cfg.train, max_steps=QUICK["max_steps"], eval_every=0),
+                      jmlr=replace(cfg.jmlr, k_sample=min(cfg.jmlr.k_sample, QUICK["k_sample"])),
                       eval=replace(cfg.eval, limit=QUICK["eval_limit"]))
     return _with_data_dir(cfg, Path(cfg.run.out_dir) / "data")
 
