@@ -364,3 +364,20 @@ def test_joint_step_end_to_end_with_the_prompt_template_and_colbert(real_parts):
     assert all(p.grad is None for p in model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in scorer.parameters())
     scorer.zero_grad(set_to_none=True)
+
+
+def test_utility_sequences_come_from_the_utility_encoder():
+    scorer, model = BagOfWordsScorer(), tiny_llama(4)
+    calls: list[int] = []
+
+    def utility_encoder(questions, passages):
+        calls.append(len(questions))
+        return encode_words(questions, passages)
+
+    config = JMLRConfig(k_sample=4, r_read=2)
+    out = joint_step(QUESTIONS, PASSAGES, score_fn=scorer.score, model=model,
+                     encode_fn=encode_words, cfg=config, utility_encode_fn=utility_encoder,
+                     generator=torch.Generator().manual_seed(0))
+    assert calls == [2 * 4]                      # the B·k utility sequences, and only those
+    same = run_step(BagOfWordsScorer(), model)
+    assert torch.allclose(out.utilities, same.utilities)  # same encoder → same values

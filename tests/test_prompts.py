@@ -152,3 +152,23 @@ def test_collate_right_pads(tokenizer):
 ])
 def test_parse_answer_letter(text, expected):
     assert parse_answer_letter(text, "ABCD") == expected
+
+
+def test_utility_sequence_is_the_option_text_alone_after_answer(tokenizer):
+    """The per-passage utility must not be conditioned on the gold letter (METHOD.md: 99% of
+    pairs ordered right with the text alone, 71% with the letter in the sequence)."""
+    from jmlr.data.schema import MCQ
+    from jmlr.generation.prompts import build_prompt, encode_example, encode_utility_example
+
+    tok = tokenizer
+    mcq = MCQ("q", "Which disease?", {"A": "Gout", "B": "Marfan syndrome"}, "B")
+    ex = encode_utility_example(tok, mcq, ["Marfan syndrome is a disorder."])
+    span = [i for i, m in zip(ex.input_ids, ex.utility_mask, strict=True) if m]
+    assert tok.decode(span).strip() == "Marfan syndrome"
+    assert ex.utility_mask == ex.target_mask
+    prompt_len = len(ex.input_ids) - len(span)
+    assert tok.decode(ex.input_ids[:prompt_len]).rstrip().endswith("Answer:")
+    assert build_prompt(mcq, ["Marfan syndrome is a disorder."]).rstrip().endswith("Answer:")
+    # the training sequence still carries the letter before the text
+    train = encode_example(tok, mcq, ["Marfan syndrome is a disorder."])
+    assert "B:" in tok.decode([i for i, m in zip(train.input_ids, train.target_mask, strict=True) if m])

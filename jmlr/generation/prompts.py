@@ -263,6 +263,27 @@ def encode_example(tokenizer: Any, mcq: MCQ, passages: Sequence[str], target: st
     return EncodedExample(input_ids, target_mask, utility_mask)
 
 
+def encode_utility_example(tokenizer: Any, mcq: MCQ, passages: Sequence[str],
+                           target: str = "letter_text", utility_span: str = "option_text",
+                           max_length: int = 2048) -> EncodedExample:
+    """The sequence whose loss is one passage's utility ℓ_j (METHOD.md step 4).
+
+    For "option_text" the answer's text follows "Answer:" directly, with no letter before it:
+    after the gold letter the text is a copy of an option line, which a generator learns
+    within a few steps, so every passage's loss goes to zero and the rank loss trains on noise
+    (METHOD.md measured 71% of pairs ordered right with the letter in the sequence but out of
+    the loss, 99% with the text alone). Other spans use the training sequence
+    (``encode_example``). Both masks mark the utility span.
+    """
+    if utility_span != "option_text" or target == "letter":
+        return encode_example(tokenizer, mcq, passages, target, utility_span, max_length,
+                              add_eos=False)
+    text_ids = tokenize_piece(tokenizer, f" {mcq.answer_text.strip()}")
+    prompt = _prompt_ids(tokenizer, mcq, passages, max_length - len(text_ids))
+    mask = [False] * len(prompt) + [True] * len(text_ids)
+    return EncodedExample(list(prompt) + text_ids, mask, list(mask))
+
+
 def reserve_for_options(tokenizer: Any, mcq: MCQ, target: str, add_eos: bool = True) -> int:
     """The longest target over all options: the room every option's prompt leaves."""
     return max(sum(len(ids) for _, ids in _target_ids(

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from jmlr.config import Config
@@ -138,16 +137,12 @@ def load_retriever_for_training(cfg: Config) -> nn.Module:
     return scorer
 
 
-def make_encode_fn(cfg: Config, tokenizer: Any):
-    """(questions[n], passages[n][*] best first) → padded batch, with the one prompt template."""
-    from jmlr.generation.prompts import collate, encode_example
+def make_encode_fn(cfg: Config, tokenizer: Any, for_utility: bool = False):
+    """(questions[n], passages[n][*] best first) → padded batch, with the one prompt template;
+    ``for_utility``: the per-passage utility sequences."""
+    from jmlr.training.objective import prompt_encoder
 
-    def encode(questions: list[MCQ], passages: list[list[str]]) -> dict[str, torch.Tensor]:
-        examples = [encode_example(tokenizer, q, p, cfg.jmlr.target, cfg.jmlr.utility_span,
-                                   cfg.generator.max_length) for q, p in zip(questions, passages, strict=True)]
-        return collate(examples, tokenizer.pad_token_id)
-
-    return encode
+    return prompt_encoder(tokenizer, cfg.jmlr, cfg.generator.max_length, for_utility)
 
 
 def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = False) -> None:

@@ -63,11 +63,13 @@ class JointModel(nn.Module):
     ``forward(queries=..., docs=...)`` → retriever scores ``[B, N]`` (evaluation).
     """
 
-    def __init__(self, generator: nn.Module, retriever: nn.Module, encode_fn: Any, cfg: Config) -> None:
+    def __init__(self, generator: nn.Module, retriever: nn.Module, encode_fn: Any, cfg: Config,
+                 utility_encode_fn: Any = None) -> None:
         super().__init__()
         self.generator = generator
         self.retriever = retriever
         self.encode_fn = encode_fn
+        self.utility_encode_fn = utility_encode_fn
         self.jmlr_cfg = cfg.jmlr
 
     def forward(self, questions: list | None = None, candidates: list | None = None,
@@ -76,7 +78,8 @@ class JointModel(nn.Module):
         if queries is not None:
             return self.retriever.score(queries, docs)
         return joint_step(questions, candidates, score_fn=self.retriever.score, model=self.generator,
-                          encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler)
+                          encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler,
+                          utility_encode_fn=self.utility_encode_fn)
 
 
 class TrainRecipe:
@@ -116,8 +119,8 @@ class TrainRecipe:
         self.data = parts.load_training_data(cfg)
         generator, self.tokenizer = parts.load_generator_for_training(cfg)
         retriever = parts.load_retriever_for_training(cfg)
-        self.model = JointModel(generator, retriever,
-                                parts.make_encode_fn(cfg, self.tokenizer), cfg)
+        self.model = JointModel(generator, retriever, parts.make_encode_fn(cfg, self.tokenizer), cfg,
+                                parts.make_encode_fn(cfg, self.tokenizer, for_utility=True))
         if latest is not None:
             ckpt.load_weights(latest, self.model)   # before prepare: sharding sees restored weights
 

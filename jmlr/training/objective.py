@@ -160,15 +160,22 @@ def listwise_kl_loss(scores: Tensor, losses: Tensor, tau: float = 1.0, beta: flo
 # --------------------------------------------------------------------------- the joint step
 
 
-def prompt_encoder(tokenizer: Any, cfg: JMLRConfig, max_length: int) -> EncodeFn:
+def prompt_encoder(tokenizer: Any, cfg: JMLRConfig, max_length: int,
+                   for_utility: bool = False) -> EncodeFn:
     """The :data:`EncodeFn` of the project's one prompt template (``jmlr.generation.prompts``):
-    target and utility span from ``cfg``, right padded with the tokenizer's pad id."""
-    from jmlr.generation.prompts import collate, encode_example
+    target and utility span from ``cfg``, right padded with the tokenizer's pad id.
+    ``for_utility``: the per-passage utility sequences (``encode_utility_example``)."""
+    from jmlr.generation.prompts import collate, encode_example, encode_utility_example
 
     def encode(questions: list[MCQ], passages: list[list[str]]) -> dict[str, Tensor]:
-        return collate([encode_example(tokenizer, mcq, read, cfg.target, cfg.utility_span,
-                                       max_length) for mcq, read in zip(questions, passages, strict=True)],
-                       tokenizer.pad_token_id)
+        if for_utility:
+            examples = [encode_utility_example(tokenizer, mcq, read, cfg.target, cfg.utility_span,
+                                               max_length)
+                        for mcq, read in zip(questions, passages, strict=True)]
+        else:
+            examples = [encode_example(tokenizer, mcq, read, cfg.target, cfg.utility_span, max_length)
+                        for mcq, read in zip(questions, passages, strict=True)]
+        return collate(examples, tokenizer.pad_token_id)
 
     return encode
 
@@ -200,7 +207,8 @@ def _rectangular(candidates: Sequence[Sequence[str]]) -> list[list[str]]:
 def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
                score_fn: ScoreFn, model: nn.Module, encode_fn: EncodeFn, cfg: JMLRConfig,
                generator: torch.Generator | None = None,
-               max_tokens_per_forward: int | None = None) -> JointStepOutput:
+               max_tokens_per_forward: int | None = None,
+               utility_encode_fn: EncodeFn | None = None) -> JointStepOutput:
     """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
 
     ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
@@ -212,7 +220,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     modes of both models. Under DDP/FSDP pass the wrapped modules themselves (the scorer's
     ``forward`` is its ``score``; the generator wrapped as ``TargetLogits`` before wrapping),
     so that every forward goes through the wrapper. ``max_tokens_per_forward`` buckets the
-    ``B × k`` utility sequences by length (None: one forward).
+    ``B × k`` utility sequences by length (None: one forward). ``utility_encode_fn`` encodes
+    the utility sequences (default ``encode_fn``; see ``prompt_encoder(for_utility=True)``).
     """
     texts = _rectangular(candidates)
     if len(texts) != len(questions):
@@ -232,8 +241,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator)  # [B, k]
     k = sampled.shape[1]
     drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
-    utility_batch = encode_fn([q for q in questions for _ in range(k)],
-                              [[text] for row in drawn for text in row])
+    utility_batch = (utility_encode_fn or encode_fn)([q for q in questions for _ in range(k)],
+                                                    [[text] for row in drawn for text in row])
     utilities = passage_utilities(model, utility_batch, "utility_mask",
                                   max_tokens_per_forward).view(batch_size, k)
     if cfg.train_retriever:
