@@ -81,6 +81,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    timings = _target("jmlr.warmup", "run_warmup")(cfg)
+    print(json.dumps(timings, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _target("jmlr.pipeline", "run_demo")(cfg, quick=args.quick)
@@ -157,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--run", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = subs.add_parser("warmup", help="compile colbert-ai's extensions and cache the config's "
+                        "models once (set-up time)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_warmup)
 
     p = subs.add_parser("demo", help="the whole pipeline on the embedded demo task")
     _add_config_args(p, default=None)

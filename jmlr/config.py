@@ -110,6 +110,10 @@ class JMLRConfig:
         "option_text", "target", "rationale"))
     train_retriever: bool = True            # false: frozen retriever, the paper's RAG baseline
     train_generator: bool = True
+    # The B x k utility sequences go through the generator in length buckets of at most this
+    # many (padded) tokens each; 0: one padded forward (best on a GPU). On a CPU, padding is
+    # paid in full, so buckets of ~1-2k tokens save the time that varied passage lengths waste.
+    utility_tokens_per_forward: int = 0
 
 
 @dataclass
@@ -136,6 +140,9 @@ class EvalConfig:
     split: str = field(default="test", metadata=_choices("train", "dev", "test"))
     modes: list[str] = field(default_factory=lambda: ["none", "frozen", "trained"])
     scoring: list[str] = field(default_factory=lambda: ["letter", "option_text"])
+    # With "generate" in scoring: the modes whose answers are also generated (decoding costs
+    # far more than scoring); empty: every mode.
+    generate_modes: list[str] = field(default_factory=list)
     datasets: dict[str, str] = field(default_factory=dict)  # name -> question file; empty: data.<split>
     batch_size: int = 8
     max_new_tokens: int = 128
@@ -264,6 +271,8 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.jmlr.tau > 0, "jmlr.tau must be > 0"),
         (cfg.jmlr.listwise_beta > 0, "jmlr.listwise_beta must be > 0"),
         (cfg.jmlr.lambda_rank >= 0, "jmlr.lambda_rank must be >= 0"),
+        (cfg.jmlr.utility_tokens_per_forward >= 0,
+         "jmlr.utility_tokens_per_forward must be >= 0 (0: one forward)"),
         (cfg.candidates.top_n >= 1, "candidates.top_n must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
@@ -278,7 +287,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.data.chunk_words == 0 or cfg.data.chunk_overlap < cfg.data.chunk_words,
          "data.chunk_overlap must be smaller than data.chunk_words"),
     ]
-    for mode in cfg.eval.modes:
+    for mode in [*cfg.eval.modes, *cfg.eval.generate_modes]:
         rules.append((mode in ("none", "frozen", "trained"),
                       f"eval.modes: {mode!r} is not one of none, frozen, trained"))
     for scoring in cfg.eval.scoring:

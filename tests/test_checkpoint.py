@@ -14,7 +14,7 @@ from torch import nn
 
 from jmlr.errors import ConfigError
 from jmlr.training import checkpoint as ckpt
-from jmlr.training.optim import build_scheduler, check_groups, model_groups
+from jmlr.training.optim import build_optimizer, build_scheduler, check_groups, model_groups
 from jmlr.training.runtime import MetricsLog, epoch_batches, stop_on_signals
 
 
@@ -105,7 +105,7 @@ def fresh(perturb: bool = False):
                     param.add_(torch.randn_like(param))
     groups = model_groups("m", model, 1e-2, 0.1)
     check_groups(groups, {"m": model})
-    optimizer = torch.optim.AdamW([g.to_torch() for g in groups])
+    optimizer = build_optimizer(groups)
     scheduler = build_scheduler(optimizer, warmup=2, total=8, kind="cosine")
     return model, optimizer, scheduler, torch.Generator().manual_seed(5)
 

@@ -293,8 +293,8 @@ def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(w
     from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
 
     run_dir = world.root / "run_trained"
-    cfg = config(world, run_dir, "eval.modes=[frozen, trained]", "eval.scoring=[letter]",
-                 "candidates.top_n=5")
+    cfg = config(world, run_dir, "eval.modes=[frozen, trained]", "eval.scoring=[letter, generate]",
+                 "eval.generate_modes=[trained]", "eval.max_new_tokens=4", "candidates.top_n=5")
     make_trained_run(world, run_dir, cfg)
     rng = random.Random(1)
     pools = {}
@@ -308,7 +308,9 @@ def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(w
 
     metrics = run_evaluate(cfg, run_dir)
     rows = read_predictions(run_dir / "eval" / "test" / "predictions.jsonl")
-    assert len(rows) == 2 * N_QUESTIONS
+    assert len(rows) == 3 * N_QUESTIONS      # generation only where eval.generate_modes says
+    assert {(r.mode, r.scoring) for r in rows} == {("frozen", "letter"), ("trained", "letter"),
+                                                   ("trained", "generate")}
     corpus = {p.id: p.full_text for p in world.passages}
     scorers = {
         "frozen": TrainableScorer.from_checkpoint(
@@ -331,7 +333,7 @@ def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(w
     trained_model, tokenizer = load_trained_generator(cfg.generator, world.cache,
                                                       run_dir / "final" / "generator")
     base_model, _ = load_generator(cfg.generator, world.cache, for_training=False)
-    row = next(r for r in rows if r.mode == "trained")
+    row = next(r for r in rows if r.mode == "trained" and r.scoring == "letter")
     item = build_item(tokenizer, questions[row.id], [corpus[i] for i in orders["trained", row.id]],
                       cfg.generator.max_length, cfg.jmlr.target)
     from_trained = score_options(trained_model, [item], tokenizer.pad_token_id, option_text=False)

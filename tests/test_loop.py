@@ -36,11 +36,12 @@ REFERENCE = ["train.max_steps=4", "train.grad_accum=2", "train.save_every=2",
              "train.eval_every=2", "train.lr_scheduler=cosine", "train.warmup_steps=1",
              "train.weight_decay=0.01", "candidates.refresh_every=1"]
 # Losses of the reference run's first steps (recorded once; a change means the objective,
-# the prompts, the models or the data order changed).
+# the prompts, the models, the data order or the draws of the retriever's dropout changed:
+# encoding passages in length buckets draws its dropout masks in another order).
 PINNED = [
-    {"step": 1, "loss": 11.170976, "gen_loss": 10.367744, "rank_loss": 0.803231},
-    {"step": 2, "loss": 11.009729, "gen_loss": 10.351816, "rank_loss": 0.657913},
-    {"step": 3, "loss": 11.075789, "gen_loss": 10.354016, "rank_loss": 0.721773},
+    {"step": 1, "loss": 11.096685, "gen_loss": 10.367889, "rank_loss": 0.728796},
+    {"step": 2, "loss": 11.037902, "gen_loss": 10.351916, "rank_loss": 0.685986},
+    {"step": 3, "loss": 10.999736, "gen_loss": 10.354350, "rank_loss": 0.645387},
 ]
 
 
@@ -99,6 +100,7 @@ def test_optimizer_groups_hold_exactly_the_intended_parameters(task, tmp_path):
         torch_groups = {g["name"]: g for g in recipe.optimizer.param_groups}
         assert {n: (g["lr"], g["weight_decay"]) for n, g in torch_groups.items()} == {
             n: (g.lr, g.weight_decay) for n, g in groups.items()}
+        assert recipe.optimizer.optimizer.defaults["fused"] is True   # CPU float parameters
         gen_decay, gen_plain = groups["generator"].names, groups["generator_no_decay"].names
         assert gen_decay and all("lora_A" in n or "lora_B" in n for n in gen_decay)
         assert any("embed_tokens" in n for n in gen_plain) and any("norm" in n for n in gen_plain)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import VOCAB, tiny_llama
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from jmlr.config import JMLRConfig
 from jmlr.data.schema import MCQ
@@ -27,16 +27,8 @@ from jmlr.training.objective import (
 )
 from jmlr.training.token_losses import generator_loss, passage_utilities
 
-VOCAB = 97
 REPO = Path(__file__).resolve().parents[1]
 
-def tiny_llama(seed: int = 0, attention_dropout: float = 0.0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, attention_dropout=attention_dropout,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config).float().eval()
 
 
 # --------------------------------------------------------------------------- normalisation, sampling

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tiny_retrieval import make_passages, tiny_config, tiny_task
+from tiny_retrieval import REPO, make_passages, tiny_config, tiny_task
 
 from jmlr.data.corpus import corpus_fingerprint, write_corpus
 from jmlr.errors import ConfigError
@@ -174,6 +174,22 @@ def test_scorer_equals_colbert_ai_score_on_colbert_ai_encodings(scorer, checkpoi
     assert scorer.encode_queries(QUERIES).shape == (2, 32, 32)
     D_ours, mask = scorer.encode_docs(flat)
     assert D_ours.shape[1] == 48 and mask.sum(-1).max() <= 48   # doc_maxlen respected
+
+
+def test_length_buckets_give_the_scores_and_gradients_of_one_padded_batch(scorer):
+    docs = [["Measles causes fever and rash.", " ".join(["long"] * 200), "Gout."],
+            ["Gout: joint pain, swelling!", "Anemia and fatigue in a young adult.", "Rash."]]
+    results = []
+    for budget in (0, 48):     # 0: one padded forward; 48 tokens: one passage per forward
+        scorer.doc_tokens_per_forward = budget
+        scorer.zero_grad()
+        scores = scorer.score(QUERIES, docs)
+        scores.sum().backward()
+        projection = scorer.colbert.linear.weight.grad.clone()
+        results.append((scores.detach(), projection))
+    scorer.doc_tokens_per_forward = cb.TrainableScorer.doc_tokens_per_forward
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
 
 
 def test_a_rank_loss_trains_encoder_and_projection(scorer):
@@ -340,3 +356,16 @@ def test_kmeans_is_seeded_and_handles_few_points():
     def sse(c):
         return ((points - c[assign(points, c)]) ** 2).sum()
     assert sse(centroids) <= sse(start)
+
+
+def test_warmup_builds_colbert_extensions_and_caches_the_configs_models(run_cli, tmp_path):
+    cache = tmp_path / "cache"
+    argv = ["warmup", "-c", str(REPO / "configs" / "tiny.yaml"), f"run.cache_dir={cache}"]
+    code, out, _ = run_cli(*argv)
+    assert code == 0
+    assert set(json.loads(out)) == {"colbert extensions", "retriever checkpoint", "generator"}
+    assert cb.build_extensions(use_gpu=False) == ["ColBERT", "IndexScorer", "StridedTensor"]
+    made = sorted(p.relative_to(cache) for p in cache.glob("*/*"))
+    assert {p.parts[0] for p in made} == {"colbert", "generators"}
+    code, _, _ = run_cli(*argv)                 # a second warm-up finds everything cached
+    assert code == 0 and sorted(p.relative_to(cache) for p in cache.glob("*/*")) == made

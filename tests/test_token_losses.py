@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import VOCAB, tiny_llama
+from transformers import LlamaForCausalLM
 
 from jmlr.training.token_losses import (
     TargetLogits,
@@ -15,20 +16,11 @@ from jmlr.training.token_losses import (
     sequence_losses,
 )
 
-VOCAB = 97
-
-def tiny_llama(seed: int = 0, attention_dropout: float = 0.0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, attention_dropout=attention_dropout,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(config).float().eval()
-
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
     return tiny_llama()
+
 
 def padded_batch(lengths: list[int], n_target: int, seed: int = 0, left: bool = False):
     """Random sequences, padded, with the last ``n_target`` real tokens in the loss mask."""

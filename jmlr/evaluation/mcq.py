@@ -226,6 +226,19 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def scorings_for(cfg: Config, mode: str) -> list[str]:
+    """The ways a mode answers: ``eval.scoring``, less "generate" where
+    ``eval.generate_modes`` names other modes.
+
+    >>> from jmlr.config import load_config
+    >>> cfg = load_config(None, ["eval.scoring=[letter,generate]", "eval.generate_modes=[trained]"])
+    >>> scorings_for(cfg, "none"), scorings_for(cfg, "trained")
+    (['letter'], ['letter', 'generate'])
+    """
+    generate_here = not cfg.eval.generate_modes or mode in cfg.eval.generate_modes
+    return [s for s in dict.fromkeys(cfg.eval.scoring) if s != "generate" or generate_here]
+
+
 def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
                  modes: Sequence[str] | None = None) -> dict[str, Any]:
     """``jmlr evaluate``: see the module docstring. Returns the metrics written."""
@@ -276,9 +289,10 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
             reads = [[] for _ in qs] if mode == "none" else [
                 ranked[name][q.id].passage_ids[: cfg.jmlr.r_read] for q in qs]
             texts = [[corpus[pid] for pid in ids] for ids in reads] if corpus else [[] for _ in qs]
-            answers = answer_questions(generator, tokenizer, qs, texts, scorings, cfg,
+            mode_scorings = scorings_for(cfg, mode)
+            answers = answer_questions(generator, tokenizer, qs, texts, mode_scorings, cfg,
                                        desc=f"{name}/{mode}")
-            for scoring in scorings:
+            for scoring in mode_scorings:
                 for q, ans, ids in zip(qs, answers[scoring], reads, strict=True):
                     scores = ranked[name][q.id] if mode != "none" else None
                     retrieved = [] if scores is None else [

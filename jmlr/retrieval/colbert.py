@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 
+from jmlr.batching import inverse_order, length_buckets
 from jmlr.errors import ConfigError
 from jmlr.resources import resolve_location
 from jmlr.retrieval.folders import folder_sha256, replace_folder
@@ -307,6 +308,26 @@ def prepare_checkpoint(location: str, dim: int, cache_dir: str | Path) -> Path:
     return target
 
 
+def build_extensions(use_gpu: bool | None = None) -> list[str]:
+    """Compile (or load from torch's extension cache) colbert-ai's C++ extensions now.
+
+    colbert-ai builds them with a C++ compiler the first time a model is loaded or an index
+    is searched on a machine, which makes that first command take minutes longer than the
+    next ones. Returns the classes whose extensions are loaded.
+    """
+    from colbert.indexing.codecs.residual import ResidualCodec
+    from colbert.search.index_storage import IndexScorer
+    from colbert.search.strided_tensor import StridedTensor
+
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    owners = (ColBERT, IndexScorer, StridedTensor, ResidualCodec)
+    with quiet_colbert():
+        for owner in owners:
+            owner.try_load_torch_extensions(use_gpu)
+    return [owner.__name__ for owner in owners if hasattr(owner, "loaded_extensions")]
+
+
 def load_colbert_checkpoint(path: str | Path, **settings: Any) -> ColBERT:
     """colbert-ai's ColBERT model from a checked checkpoint folder (eval mode, CPU or CUDA)."""
     path = Path(path).expanduser().resolve()
@@ -344,6 +365,9 @@ class TrainableScorer(torch.nn.Module):
     with gradient, on the same tokenizers ([Q]/[D] markers, [MASK] query augmentation)
     and the same masking (padding, punctuation) as indexing and search."""
 
+    # Passages per encoder forward are cut to a padded-token budget (see ``encode_docs``).
+    doc_tokens_per_forward: int = 4096
+
     def __init__(self, model: ColBERT, query_maxlen: int, doc_maxlen: int) -> None:
         super().__init__()
         self.colbert = model
@@ -376,12 +400,25 @@ class TrainableScorer(torch.nn.Module):
 
     def encode_docs(self, docs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(D [n, Ld, dim], mask [n, Ld] bool): colbert-ai's ``ColBERT.doc``, except that
-        it never casts to fp16 on a GPU (scores stay in the training precision)."""
+        it never casts to fp16 on a GPU (scores stay in the training precision).
+
+        The passages are encoded in length buckets of at most ``doc_tokens_per_forward``
+        padded tokens, each cut to its own longest passage: the vectors of real tokens are
+        those of one padded batch, at the cost of the real tokens only.
+        """
         ids, attention = self.doc_tokenizer.tensorize(list(docs))
-        ids, attention = ids.to(self.device), attention.to(self.device)
-        D = self.colbert.linear(self.colbert.bert(ids, attention_mask=attention)[0])
         skiplist = getattr(self.colbert, "skiplist", {})
         keep = torch.tensor(self.colbert.mask(ids, skiplist=skiplist), device=self.device)
+        lengths = attention.sum(1).tolist()
+        parts, order = [], []
+        for rows in length_buckets(lengths, self.doc_tokens_per_forward or None):
+            index = torch.tensor(rows)
+            width = max(lengths[i] for i in rows)   # right padded: the first `width` columns
+            hidden = self.colbert.bert(ids[index, :width].to(self.device),
+                                       attention_mask=attention[index, :width].to(self.device))[0]
+            parts.append(F.pad(self.colbert.linear(hidden), (0, 0, 0, ids.shape[1] - width)))
+            order.extend(rows)
+        D = torch.cat(parts)[torch.tensor(inverse_order(order), device=self.device)]
         D = D * keep.unsqueeze(-1).to(D.dtype)
         return F.normalize(D, p=2, dim=-1), keep
 

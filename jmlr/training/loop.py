@@ -34,7 +34,13 @@ from jmlr.io import write_json
 from jmlr.training import checkpoint as ckpt
 from jmlr.training import components as parts
 from jmlr.training.objective import JointStepOutput, joint_step
-from jmlr.training.optim import build_scheduler, check_groups, describe_groups, model_groups
+from jmlr.training.optim import (
+    build_optimizer,
+    build_scheduler,
+    check_groups,
+    describe_groups,
+    model_groups,
+)
 from jmlr.training.runtime import (
     MetricsLog,
     batches_per_epoch,
@@ -79,7 +85,8 @@ class JointModel(nn.Module):
             return self.retriever.score(queries, docs)
         return joint_step(questions, candidates, score_fn=self.retriever.score, model=self.generator,
                           encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler,
-                          utility_encode_fn=self.utility_encode_fn)
+                          utility_encode_fn=self.utility_encode_fn,
+                          max_tokens_per_forward=self.jmlr_cfg.utility_tokens_per_forward or None)
 
 
 class TrainRecipe:
@@ -130,7 +137,7 @@ class TrainRecipe:
         if self.main:
             log.info("optimizer groups:\n%s", describe_groups(self.groups))
         self.n_generator_params = sum(p.numel() for p in generator.parameters())
-        optimizer = torch.optim.AdamW([g.to_torch() for g in self.groups])
+        optimizer = build_optimizer(self.groups)
 
         world, rank = acc.num_processes, acc.process_index
         self.per_epoch = batches_per_epoch(len(self.data.train), cfg.train.batch_size, world)

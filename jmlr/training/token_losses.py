@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jmlr.batching import inverse_order, length_buckets
+
 
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None]:
     """The decoder (tokens → final hidden states), the output head and the logit soft-cap.
@@ -87,29 +89,6 @@ def token_nll(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     return nll, targets.nonzero()[:, 0]
 
 
-def length_buckets(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
-    """Group sequence indices so that each group's padded size (rows × longest) fits a budget.
-
-    Longest first; a sequence longer than the budget gets a group of its own. Without a budget,
-    one group in the original order.
-
-    >>> length_buckets([5, 9, 3, 8], max_tokens=18)
-    [[1, 3], [0, 2]]
-    >>> length_buckets([5, 9, 3], max_tokens=None)
-    [[0, 1, 2]]
-    """
-    if max_tokens is None:
-        return [list(range(len(lengths)))] if lengths else []
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 def sequence_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                     loss_mask: Tensor, max_tokens_per_forward: int | None = None) -> Tensor:
     """Mean token NLL over the masked positions of each sequence: ``[n, T] → [n]`` (float32).
@@ -136,9 +115,8 @@ def sequence_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         sums = torch.zeros(len(rows), dtype=nll.dtype, device=nll.device).index_add(0, row, nll)
         parts.append(sums / counts[index].to(nll.device))
         order.extend(rows)
-    inverse = torch.empty(n, dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(n)
-    return torch.cat(parts)[inverse.to(parts[0].device)]
+    inverse = torch.tensor(inverse_order(order), dtype=torch.long, device=parts[0].device)
+    return torch.cat(parts)[inverse]
 
 
 @contextmanager
