@@ -128,6 +128,9 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_scheduler: str = field(default="cosine", metadata=_choices("constant", "linear", "cosine"))
     max_grad_norm: float = 1.0
+    # Clip the generator's and the retriever's gradients each on its own (a spike in one
+    # must not shrink the other's step); under FSDP / DeepSpeed one joint clip.
+    clip_per_model: bool = True
     mixed_precision: str = field(default="auto", metadata=_choices("auto", "no", "bf16", "fp16"))
     log_every: int = 1
     save_every: int = 0                     # 0: only at the end

@@ -18,8 +18,8 @@ from jmlr.config import Config
 log = logging.getLogger(__name__)
 
 # --quick: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
-QUICK = {"diseases": 120, "questions": 100, "max_steps": 3, "k_sample": 4, "eval_limit": 12}
-FULL = {"diseases": 600, "questions": 600}
+QUICK = {"diseases": 80, "questions": 80, "max_steps": 3, "k_sample": 4, "eval_limit": 12}
+FULL = {"diseases": 400, "questions": 400}
 
 
 def _with_data_dir(cfg: Config, data_dir: Path) -> Config:

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates, Passage, read_candidates, write_candidates
 from jmlr.errors import ConfigError, UserError
+from jmlr.training.objective import JointStepOutput, joint_step
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,15 @@ class TrainingData:
         """Passage texts of each question's candidates, best first (what joint_step takes)."""
         return [[self.passages[pid].full_text for pid in self.train_candidates[q.id].passage_ids]
                 for q in questions]
+
+    def drawn_gold(self, questions: list[MCQ], drawn: torch.Tensor) -> torch.Tensor:
+        """``[B, k]`` bool: which drawn candidates (indices into each question's candidate
+        list) are gold passages of their question. For logging only; training never sees it."""
+        rows = []
+        for q, row in zip(questions, drawn.tolist(), strict=True):
+            ids, gold = self.train_candidates[q.id].passage_ids, set(q.gold_passage_ids)
+            rows.append([ids[j] in gold for j in row])
+        return torch.tensor(rows, dtype=torch.bool).view(len(rows), -1)
 
     def dev_rows(self, questions: list[MCQ]) -> tuple[list[list[str]], list[list[str]]]:
         """(candidate ids, texts) per dev question; texts padded to one width by repeating
@@ -255,3 +266,32 @@ def gather(items: list) -> list:
     if PartialState().num_processes == 1:
         return list(items)
     return gather_object(items)
+
+
+class JointModel(nn.Module):
+    """The generator and the retriever as one module, so that one ``accelerator.prepare``
+    covers both (DeepSpeed takes one model per accelerator) and a whole JMLR step is one
+    forward of the wrapper (DDP syncs gradients and FSDP gathers weights in that forward).
+
+    ``forward(questions, candidates, sampler)`` → :class:`JointStepOutput`;
+    ``forward(queries=..., docs=...)`` → retriever scores ``[B, N]`` (evaluation).
+    """
+
+    def __init__(self, generator: nn.Module, retriever: nn.Module, encode_fn: Any, cfg: Config,
+                 utility_encode_fn: Any = None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.retriever = retriever
+        self.encode_fn = encode_fn
+        self.utility_encode_fn = utility_encode_fn
+        self.jmlr_cfg = cfg.jmlr
+
+    def forward(self, questions: list | None = None, candidates: list | None = None,
+                sampler: torch.Generator | None = None, *, queries: list[str] | None = None,
+                docs: list[list[str]] | None = None) -> JointStepOutput | torch.Tensor:
+        if queries is not None:
+            return self.retriever.score(queries, docs)
+        return joint_step(questions, candidates, score_fn=self.retriever.score, model=self.generator,
+                          encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler,
+                          utility_encode_fn=self.utility_encode_fn,
+                          max_tokens_per_forward=self.jmlr_cfg.utility_tokens_per_forward or None)

@@ -4,7 +4,7 @@ Read top to bottom, :class:`TrainRecipe` does:
 
 1. ``setup``: the accelerator (created here, never at import), the resolved config saved to
    ``RUN/config.yaml``, questions, corpus and mined candidates, the generator and the ColBERT
-   scorer in one :class:`JointModel`, explicit optimizer groups (checked and printed), the
+   scorer in one :class:`~jmlr.training.components.JointModel`, explicit optimizer groups (checked and printed), the
    warm-up schedule, ``accelerator.prepare`` and, with ``--resume``, the last checkpoint;
 2. ``train``: per optimizer step, ``train.grad_accum`` micro-batches of ``train.batch_size``
    questions through :func:`~jmlr.training.objective.joint_step`, clipping, the optimizer and
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from jmlr.config import Config
@@ -33,7 +32,7 @@ from jmlr.errors import ConfigError
 from jmlr.io import write_json
 from jmlr.training import checkpoint as ckpt
 from jmlr.training import components as parts
-from jmlr.training.objective import JointStepOutput, joint_step
+from jmlr.training.objective import gold_pair_agreement
 from jmlr.training.optim import (
     build_optimizer,
     build_scheduler,
@@ -58,35 +57,6 @@ log = logging.getLogger(__name__)
 # parameters N and every generator token (utility forwards included). An upper bound: the
 # utility forwards need 2·N only, and LoRA skips most weight gradients.
 FLOPS_FORMULA = "6 * N_generator_params * generator_tokens_per_s"
-
-
-class JointModel(nn.Module):
-    """The generator and the retriever as one module, so that one ``accelerator.prepare``
-    covers both (DeepSpeed takes one model per accelerator) and a whole JMLR step is one
-    forward of the wrapper (DDP syncs gradients and FSDP gathers weights in that forward).
-
-    ``forward(questions, candidates, sampler)`` → :class:`JointStepOutput`;
-    ``forward(queries=..., docs=...)`` → retriever scores ``[B, N]`` (evaluation).
-    """
-
-    def __init__(self, generator: nn.Module, retriever: nn.Module, encode_fn: Any, cfg: Config,
-                 utility_encode_fn: Any = None) -> None:
-        super().__init__()
-        self.generator = generator
-        self.retriever = retriever
-        self.encode_fn = encode_fn
-        self.utility_encode_fn = utility_encode_fn
-        self.jmlr_cfg = cfg.jmlr
-
-    def forward(self, questions: list | None = None, candidates: list | None = None,
-                sampler: torch.Generator | None = None, *, queries: list[str] | None = None,
-                docs: list[list[str]] | None = None) -> JointStepOutput | torch.Tensor:
-        if queries is not None:
-            return self.retriever.score(queries, docs)
-        return joint_step(questions, candidates, score_fn=self.retriever.score, model=self.generator,
-                          encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler,
-                          utility_encode_fn=self.utility_encode_fn,
-                          max_tokens_per_forward=self.jmlr_cfg.utility_tokens_per_forward or None)
 
 
 class TrainRecipe:
@@ -126,7 +96,7 @@ class TrainRecipe:
         self.data = parts.load_training_data(cfg)
         generator, self.tokenizer = parts.load_generator_for_training(cfg)
         retriever = parts.load_retriever_for_training(cfg)
-        self.model = JointModel(generator, retriever, parts.make_encode_fn(cfg, self.tokenizer), cfg,
+        self.model = parts.JointModel(generator, retriever, parts.make_encode_fn(cfg, self.tokenizer), cfg,
                                 parts.make_encode_fn(cfg, self.tokenizer, for_utility=True))
         if latest is not None:
             ckpt.load_weights(latest, self.model)   # before prepare: sharding sees restored weights
@@ -191,43 +161,79 @@ class TrainRecipe:
         st.batch_index += 1
         return [self.data.train[i] for i in order[st.batch_index - 1]]
 
-    def train_step(self) -> tuple[torch.Tensor, float | None, dict[str, float]]:
+    def train_step(self) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
         """One optimizer step over ``grad_accum`` micro-batches (gradients sync on the last).
 
         Returns the sums over micro-batches and ranks of [loss, gen_loss, rank_loss, pairs
-        ordered right, pairs, tokens], the gradient norm before clipping, and each group's lr.
+        ordered right, pairs, tokens, gold pairs the LLM orders right, gold pairs the
+        retriever orders right, gold pairs], the gradient norms before clipping, and each
+        group's lr. Gold pairs (a gold passage against another drawn passage) are counted
+        where the questions name gold passages: a diagnostic, never a training signal.
         """
         cfg, acc = self.cfg, self.accelerator
-        sums = torch.zeros(6, dtype=torch.float64)
-        grad_norm = None
+        sums = torch.zeros(9, dtype=torch.float64)
+        grad_norms: dict[str, float] = {}
         for _ in range(cfg.train.grad_accum):
             questions = self.next_batch()
             with acc.accumulate(self.model):
                 out = self.model(questions, self.data.candidate_texts(questions), self.sampler)
                 acc.backward(out.loss)
                 if acc.sync_gradients and cfg.train.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+                    grad_norms = self.clip_gradients()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+            gold = self.data.drawn_gold(questions, out.sampled)
+            llm_right, gold_pairs = gold_pair_agreement(out.utilities, gold, lower_is_better=True)
+            drawn_scores = out.scores.gather(1, out.sampled.to(out.scores.device))
+            retriever_right, _ = gold_pair_agreement(drawn_scores, gold, lower_is_better=False)
             sums += torch.tensor([float(out.loss.detach()), float(out.gen_loss), float(out.rank_loss),
-                                  out.rank_accuracy * out.n_pairs, out.n_pairs, out.n_tokens],
-                                 dtype=torch.float64)
+                                  out.rank_accuracy * out.n_pairs, out.n_pairs, out.n_tokens,
+                                  llm_right, retriever_right, gold_pairs], dtype=torch.float64)
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}   # the lrs just used
         self.scheduler.step()
         self.state.step += 1
         totals = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
-        return totals, None if grad_norm is None else float(grad_norm), lrs
+        return totals, grad_norms, lrs
 
-    def log_row(self, totals: torch.Tensor, grad_norm: float | None, lrs: dict[str, float],
+    def clip_gradients(self) -> dict[str, float]:
+        """Clip to ``train.max_grad_norm``: each model on its own (``train.clip_per_model``),
+        or both together; returns the norms before clipping ("total" over both).
+
+        Per model, a large generator gradient does not scale the retriever's step down with
+        it. Under FSDP and DeepSpeed, which own the (sharded) gradients, the clip is joint.
+        """
+        from accelerate.utils import DistributedType
+
+        acc, max_norm = self.accelerator, self.cfg.train.max_grad_norm
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if sharded or not self.cfg.train.clip_per_model:
+            total = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+            return {} if total is None else {"total": float(total)}
+        acc.unscale_gradients()         # fp16: the scaler's factor out before measuring
+        norms = {}
+        for name in ("generator", "retriever"):
+            params = [p for p in getattr(self._unwrapped(), name).parameters() if p.grad is not None]
+            if params:
+                norms[name] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norms["total"] = sum(n * n for n in norms.values()) ** 0.5
+        return norms
+
+    def log_row(self, totals: torch.Tensor, grad_norms: dict[str, float], lrs: dict[str, float],
                 tokens_per_s: float) -> dict[str, Any]:
         """The metrics.jsonl row of this step: means over micro-batches and ranks."""
         st = self.state
         n = self.cfg.train.grad_accum * self.accelerator.num_processes
+        gold_pairs = int(totals[8])
         return {"step": st.step, "epoch": round(st.epoch + st.batch_index / self.per_epoch, 4),
                 "loss": float(totals[0]) / n, "gen_loss": float(totals[1]) / n,
                 "rank_loss": float(totals[2]) / n,
                 "rank_accuracy": float(totals[3] / totals[4]) if totals[4] else 0.0,
-                "n_pairs": int(totals[4]), "grad_norm": grad_norm,
+                "n_pairs": int(totals[4]),
+                "gold_pairs": gold_pairs,
+                "llm_gold_accuracy": float(totals[6]) / gold_pairs if gold_pairs else None,
+                "retriever_gold_accuracy": float(totals[7]) / gold_pairs if gold_pairs else None,
+                "grad_norm": grad_norms.get("total"),
+                **{f"grad_norm_{name}": v for name, v in grad_norms.items() if name != "total"},
                 **{f"lr_{name}": lr for name, lr in lrs.items()},
                 "tokens_per_s": round(tokens_per_s, 2),
                 "flops_per_s_est": 6.0 * self.n_generator_params * tokens_per_s,
@@ -244,7 +250,7 @@ class TrainRecipe:
         with stop_on_signals() as stop:
             while st.step < self.total_steps:
                 step_started = time.time()
-                totals, grad_norm, lrs = self.train_step()
+                totals, grad_norms, lrs = self.train_step()
                 step_seconds += time.time() - step_started
                 tokens_since_log += int(totals[5])
                 st.tokens_seen += int(totals[5])
@@ -253,7 +259,7 @@ class TrainRecipe:
 
                 self.maybe_refresh_candidates()
                 if st.step % cfg.train.log_every == 0 or st.step == self.total_steps:
-                    row = self.log_row(totals, grad_norm, lrs, tokens_since_log / max(step_seconds, 1e-9))
+                    row = self.log_row(totals, grad_norms, lrs, tokens_since_log / max(step_seconds, 1e-9))
                     self.metrics.write(row)
                     self.last_row = row
                     progress.set_postfix(loss=f"{row['loss']:.4f}", rank=f"{row['rank_loss']:.4f}",
@@ -276,7 +282,7 @@ class TrainRecipe:
 
     # ------------------------------------------------------------------ candidates, eval
 
-    def _unwrapped(self) -> JointModel:
+    def _unwrapped(self) -> parts.JointModel:
         return self.accelerator.unwrap_model(self.model)
 
     def maybe_refresh_candidates(self) -> None:

@@ -142,6 +142,25 @@ def pairwise_rank_loss(scores: Tensor, losses: Tensor, tie_tolerance: float = 1e
     return RankLossOutput(loss=loss, n_pairs=n_pairs, accuracy=accuracy)
 
 
+def gold_pair_agreement(values: Tensor, gold: Tensor, lower_is_better: bool) -> tuple[int, int]:
+    """Pairs (gold passage, other passage) within a row that ``values`` order gold first.
+
+    ``values[B, k]`` (utilities ℓ: lower is better; or retriever scores: higher is better),
+    ``gold[B, k]`` bool. Returns ``(ordered_right, pairs)``; ties count as wrong. A
+    diagnostic for data with relevance labels: training never sees them.
+
+    >>> gold_pair_agreement(torch.tensor([[0.5, 2.0, 0.1]]), torch.tensor([[True, False, False]]),
+    ...                     lower_is_better=True)
+    (1, 2)
+    """
+    values = values.detach().float().cpu()
+    gold = gold.bool().cpu()
+    diff = values.unsqueeze(2) - values.unsqueeze(1)                 # [B, g, o]: v_g - v_o
+    pairs = gold.unsqueeze(2) & ~gold.unsqueeze(1)
+    right = (diff < 0) if lower_is_better else (diff > 0)
+    return int((right & pairs).sum()), int(pairs.sum())
+
+
 def listwise_kl_loss(scores: Tensor, losses: Tensor, tau: float = 1.0, beta: float = 1.0) -> Tensor:
     """``KL(softmax(−ℓ/β) ‖ softmax(s/τ))`` per row, averaged over rows (REPLUG / Atlas).
 
