@@ -18,7 +18,8 @@ from jmlr.config import Config
 log = logging.getLogger(__name__)
 
 # --quick: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
-QUICK = {"diseases": 80, "questions": 80, "max_steps": 3, "k_sample": 4, "eval_limit": 12}
+QUICK = {"diseases": 80, "questions": 80, "max_steps": 3, "k_sample": 4, "eval_limit": 12,
+         "max_new_tokens": 32}
 FULL = {"diseases": 400, "questions": 400}
 
 
@@ -36,7 +37,8 @@ def demo_config(cfg: Config, quick: bool) -> Config:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=cfg.run.out_dir.rstrip("/") + "-quick"))
         cfg = replace(cfg, train=replace(cfg.train, max_steps=QUICK["max_steps"], eval_every=0),
                       jmlr=replace(cfg.jmlr, k_sample=min(cfg.jmlr.k_sample, QUICK["k_sample"])),
-                      eval=replace(cfg.eval, limit=QUICK["eval_limit"]))
+                      eval=replace(cfg.eval, limit=QUICK["eval_limit"],
+                                   max_new_tokens=min(cfg.eval.max_new_tokens, QUICK["max_new_tokens"])))
     return _with_data_dir(cfg, Path(cfg.run.out_dir) / "data")
 
 

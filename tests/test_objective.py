@@ -279,6 +279,19 @@ def test_each_loss_reaches_only_its_own_model():
         assert torch.allclose(p.grad, gen_model[name], atol=1e-6), name
 
 
+def test_the_configured_tie_tolerance_leaves_out_pairs_the_llm_cannot_tell_apart():
+    scorer, model = BagOfWordsScorer(), tiny_llama(4)
+    out = run_step(scorer, model)
+    gaps = (out.utilities.unsqueeze(2) - out.utilities.unsqueeze(1)).abs()
+    first, second = torch.triu_indices(4, 4, offset=1)
+    tolerance = float(gaps[:, first, second].flatten().median())
+    wide = run_step(scorer, model, tie_tolerance=tolerance)
+    assert torch.equal(wide.sampled, out.sampled)
+    assert wide.n_pairs == int((gaps[:, first, second] > tolerance).sum()) < out.n_pairs
+    expected = pairwise_rank_loss(out.scores.gather(1, out.sampled), out.utilities, tolerance)
+    assert wide.rank_loss.item() == pytest.approx(expected.loss.item(), abs=1e-6)
+
+
 def test_frozen_retriever_baseline_and_listwise_objective():
     scorer, model = BagOfWordsScorer(), tiny_llama(6)
     trained = run_step(scorer, model)

@@ -202,7 +202,8 @@ def answer_questions(model: Any, tokenizer: Any, questions: list[MCQ], readings:
                             "generated": None, "rationale": None}
     if "generate" in scorings:
         eos = [t for t in {tokenizer.eos_token_id} if t is not None]
-        for batch in tqdm(batches, desc=f"{desc} (generate)", leave=False):
+        generate_batches = _batches(_by_length(items), max(1, cfg.eval.generate_batch_size))
+        for batch in tqdm(generate_batches, desc=f"{desc} (generate)", leave=False):
             outputs = greedy_generate(model, [items[i].prompt_ids for i in batch], pad_id, eos,
                                       cfg.eval.max_new_tokens)
             for tokens, i in zip(outputs, batch, strict=True):

@@ -268,7 +268,7 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
         sampled_scores = score_fn(queries, drawn)                                # [B, k]
     else:
         sampled_scores = scores.gather(1, sampled.to(scores.device))             # [B, k]
-    pairwise = pairwise_rank_loss(sampled_scores, utilities)
+    pairwise = pairwise_rank_loss(sampled_scores, utilities, cfg.tie_tolerance)
     if cfg.objective == "listwise":
         rank_loss = listwise_kl_loss(sampled_scores, utilities, cfg.tau, cfg.listwise_beta)
     else:
