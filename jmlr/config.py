@@ -137,7 +137,8 @@ class TrainConfig:
     mixed_precision: str = field(default="auto", metadata=_choices("auto", "no", "bf16", "fp16"))
     log_every: int = 1
     save_every: int = 0                     # 0: only at the end
-    eval_every: int = 0                     # retrieval recall on dev every N steps (0: off)
+    # Dev retrieval recall before training and every N steps; 0: once, at the end; -1: never.
+    eval_every: int = 0
     merge_on_export: bool = False           # also write merged generator weights
 
 
@@ -281,6 +282,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.jmlr.listwise_beta > 0, "jmlr.listwise_beta must be > 0"),
         (cfg.jmlr.lambda_rank >= 0, "jmlr.lambda_rank must be >= 0"),
         (cfg.jmlr.tie_tolerance >= 0, "jmlr.tie_tolerance must be >= 0"),
+        (cfg.train.eval_every >= -1, "train.eval_every must be >= -1 (-1: no dev evaluation)"),
         (cfg.jmlr.utility_tokens_per_forward >= 0,
          "jmlr.utility_tokens_per_forward must be >= 0 (0: one forward)"),
         (cfg.candidates.top_n >= 1, "candidates.top_n must be >= 1"),

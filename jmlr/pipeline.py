@@ -18,7 +18,7 @@ from jmlr.config import Config
 log = logging.getLogger(__name__)
 
 # --quick: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
-QUICK = {"diseases": 80, "questions": 80, "max_steps": 3, "k_sample": 4, "eval_limit": 12,
+QUICK = {"diseases": 60, "questions": 60, "max_steps": 2, "k_sample": 4, "eval_limit": 12,
          "max_new_tokens": 32}
 FULL = {"diseases": 400, "questions": 400}
 
@@ -35,7 +35,7 @@ def demo_config(cfg: Config, quick: bool) -> Config:
     """The config the demo runs with: data under ``run.out_dir/data``; smaller when quick."""
     if quick:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=cfg.run.out_dir.rstrip("/") + "-quick"))
-        cfg = replace(cfg, train=replace(cfg.train, max_steps=QUICK["max_steps"], eval_every=0),
+        cfg = replace(cfg, train=replace(cfg.train, max_steps=QUICK["max_steps"], eval_every=-1),
                       jmlr=replace(cfg.jmlr, k_sample=min(cfg.jmlr.k_sample, QUICK["k_sample"])),
                       eval=replace(cfg.eval, limit=QUICK["eval_limit"],
                                    max_new_tokens=min(cfg.eval.max_new_tokens, QUICK["max_new_tokens"])))

@@ -127,7 +127,7 @@ def test_frozen_retriever_has_no_group_and_keeps_its_weights(task, tmp_path):
 
     run_dir = tmp_path / "run"
     summary = train(task, run_dir, "jmlr.train_retriever=false", "train.max_steps=2",
-                    "train.merge_on_export=true")
+                    "train.merge_on_export=true", "train.eval_every=-1")
     assert [g["name"] for g in summary["optimizer_groups"]] == ["generator", "generator_no_decay"]
     merged = run_dir / "final" / "generator" / "merged"
     assert (merged / "config.json").is_file() and any(merged.glob("*.safetensors"))
@@ -139,7 +139,8 @@ def test_frozen_retriever_has_no_group_and_keeps_its_weights(task, tmp_path):
     assert _digest(list(after.named_parameters())) == _digest(list(before.named_parameters()))
     assert summary["rank_checksums"][0]["retriever"] == _digest(list(before.named_parameters()))
     train_rows = [r for r in rows(run_dir) if "split" not in r]
-    assert [r["step"] for r in train_rows] == [1, 2]
+    assert [r["step"] for r in train_rows] == [1, 2] == [r["step"] for r in rows(run_dir)]
+    assert summary["final_dev"] == {}                   # eval_every -1: no dev pass at all
     assert all(r["n_pairs"] > 0 and "lr_retriever" not in r for r in train_rows)
     assert train_rows[0]["loss"] == pytest.approx(train_rows[0]["gen_loss"])  # no rank term
 

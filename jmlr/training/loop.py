@@ -350,7 +350,7 @@ class TrainRecipe:
     def finish(self) -> dict[str, Any]:
         acc, st = self.accelerator, self.state
         if not st.interrupted:
-            if self.data.dev and st.last_dev_step != st.step:
+            if self.data.dev and st.last_dev_step != st.step and self.cfg.train.eval_every >= 0:
                 self.evaluate_dev()
             if self.saved_at != st.step:
                 self.save_checkpoint()
