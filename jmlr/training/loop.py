@@ -4,8 +4,9 @@ Read top to bottom, :class:`TrainRecipe` does:
 
 1. ``setup``: the accelerator (created here, never at import), the resolved config saved to
    ``RUN/config.yaml``, questions, corpus and mined candidates, the generator and the ColBERT
-   scorer in one :class:`~jmlr.training.components.JointModel`, explicit optimizer groups (checked and printed), the
-   warm-up schedule, ``accelerator.prepare`` and, with ``--resume``, the last checkpoint;
+   scorer in one :class:`~jmlr.training.components.JointModel`, explicit optimizer groups
+   (checked and printed), the warm-up schedule, ``accelerator.prepare`` and, with
+   ``--resume``, the last checkpoint;
 2. ``train``: per optimizer step, ``train.grad_accum`` micro-batches of ``train.batch_size``
    questions through :func:`~jmlr.training.objective.joint_step`, clipping, the optimizer and
    scheduler steps; then, when due, candidate refresh / re-index, logging, dev retrieval
