@@ -114,7 +114,8 @@ def load_models(cfg: Any, spec: ModelSpec, device: torch.device, cache_dir: str
                 ) -> tuple[torch.nn.Module, Any, torch.nn.Module]:
     """(generator in train mode with its trainable parts, tokenizer, ColBERT scorer in train mode)."""
     from jmlr.generation.model import load_generator
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     if spec.random_shape:
         model = random_llama(spec.random_shape, cfg.generator, device)

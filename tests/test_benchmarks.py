@@ -56,7 +56,8 @@ def test_reference_pair_loop_equals_the_vectorised_rank_loss():
 def tiny_parts(tmp_path_factory):
     from jmlr.config import load_config
     from jmlr.generation.model import load_generator
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     cfg = load_config(REPO / "configs" / "tiny.yaml")
     cfg.jmlr = replace(cfg.jmlr, k_sample=5, r_read=3)

@@ -16,8 +16,8 @@ from tiny_retrieval import REPO, SELF_MATCH_PASSAGE, tiny_task
 from jmlr.data.schema import MCQ, Candidates, read_candidates
 from jmlr.errors import ConfigError, DataError
 from jmlr.retrieval import candidates as cd
-from jmlr.retrieval.colbert import TrainableScorer
 from jmlr.retrieval.mining import mining_identity, partial_path
+from jmlr.retrieval.scorer import TrainableScorer
 
 pytestmark = pytest.mark.timeout(300)   # colbert-ai can hang when a worker dies
 

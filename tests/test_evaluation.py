@@ -263,7 +263,8 @@ def make_trained_run(world: World, run_dir: Path, cfg) -> None:
     """What `jmlr train` exports: LoRA adapters (moved away from zero so that they change the
     model) and a ColBERT checkpoint whose projection moved."""
     from jmlr.generation.model import save_generator
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     torch.manual_seed(0)
     model, tokenizer = load_generator(cfg.generator, world.cache, for_training=True)
@@ -290,7 +291,8 @@ def expected_order(scorer, q, pool: list[str], corpus: dict[str, str]) -> list[s
 @pytest.mark.timeout(300)
 def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(world):
     from jmlr.generation.model import load_trained_generator
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     run_dir = world.root / "run_trained"
     cfg = config(world, run_dir, "eval.modes=[frozen, trained]", "eval.scoring=[letter, generate]",

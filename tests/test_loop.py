@@ -123,7 +123,8 @@ def test_optimizer_groups_hold_exactly_the_intended_parameters(task, tmp_path):
 
 
 def test_frozen_retriever_has_no_group_and_keeps_its_weights(task, tmp_path):
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     run_dir = tmp_path / "run"
     summary = train(task, run_dir, "jmlr.train_retriever=false", "train.max_steps=2",
@@ -190,7 +191,7 @@ def test_final_exports_load_with_peft_and_the_trainable_scorer(task, reference):
     from peft import PeftModel
 
     from jmlr.generation.model import load_generator
-    from jmlr.retrieval.colbert import TrainableScorer
+    from jmlr.retrieval.scorer import TrainableScorer
 
     run_dir, summary = reference
     cfg = loop_config(task, run_dir)

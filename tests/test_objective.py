@@ -324,7 +324,8 @@ def real_parts(tmp_path_factory):
     scorer (MiniLM with a new projection), as the training loop wires them."""
     from jmlr.config import load_config
     from jmlr.generation.model import load_generator
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     cfg = load_config(REPO / "configs" / "tiny.yaml")
     cache = tmp_path_factory.mktemp("cache")

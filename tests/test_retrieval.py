@@ -20,6 +20,7 @@ from jmlr.retrieval import plaid
 from jmlr.retrieval.candidates import run_index, search_questions
 from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.kmeans import assign, kmeans
+from jmlr.retrieval.scorer import TrainableScorer
 
 pytestmark = pytest.mark.timeout(300)   # colbert-ai can hang when a worker dies
 
@@ -36,7 +37,7 @@ def checkpoint(task) -> Path:
 
 @pytest.fixture
 def scorer(checkpoint):
-    return cb.TrainableScorer.from_checkpoint(checkpoint, query_maxlen=32, doc_maxlen=48).eval()
+    return TrainableScorer.from_checkpoint(checkpoint, query_maxlen=32, doc_maxlen=48).eval()
 
 
 QUERIES = ["fever and rash in a child", "joint pain at night"]
@@ -71,9 +72,9 @@ def test_colbert_model_class_needs_the_fix_on_transformers_5(checkpoint):
 
 def _build_in_child(checkpoint: str, queue) -> None:
     try:
-        import jmlr.retrieval.colbert as child_cb
+        from jmlr.retrieval.scorer import TrainableScorer as ChildScorer
 
-        scorer = child_cb.TrainableScorer.from_checkpoint(checkpoint, 32, 48)
+        scorer = ChildScorer.from_checkpoint(checkpoint, 32, 48)
         queue.put(("ok", scorer.dim))
     except Exception as err:  # reported to the parent
         queue.put(("error", repr(err)))
@@ -152,7 +153,7 @@ def test_bad_checkpoint_locations_are_clear_config_errors(task, tmp_path):
     with pytest.raises(ConfigError, match="has only 5 tokens"):
         cb.prepare_checkpoint(str(broken), 32, tmp_path)
     with pytest.raises(ConfigError, match="not a ColBERT checkpoint"):
-        cb.TrainableScorer.from_checkpoint(task.bert, 32, 48)
+        TrainableScorer.from_checkpoint(task.bert, 32, 48)
 
 
 # --- trainable scorer ---------------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_length_buckets_give_the_scores_and_gradients_of_one_padded_batch(scorer
         scores.sum().backward()
         projection = scorer.colbert.linear.weight.grad.clone()
         results.append((scores.detach(), projection))
-    scorer.doc_tokens_per_forward = cb.TrainableScorer.doc_tokens_per_forward
+    scorer.doc_tokens_per_forward = TrainableScorer.doc_tokens_per_forward
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
 
@@ -221,7 +222,7 @@ def test_save_and_load_give_identical_scores_in_colbert_format(scorer, tmp_path)
     assert cb.is_colbert_checkpoint(saved) and not list(tmp_path.glob(".trained*"))
     meta = json.loads((saved / "artifact.metadata").read_text())
     assert meta["model_name"] is None and meta["dim"] == 32
-    loaded = cb.TrainableScorer.from_checkpoint(saved, 32, 48).eval()
+    loaded = TrainableScorer.from_checkpoint(saved, 32, 48).eval()
     torch.testing.assert_close(loaded.score(QUERIES, DOCS).detach(), expected, rtol=0, atol=0)
     # colbert-ai's own loader reads the folder directly.
     with cb.quiet_colbert():

@@ -114,7 +114,8 @@ def _top(c: Candidates, n: int) -> Candidates:
 
 def load_scorer(cfg: Config, run_dir: Path, mode: str, device: str) -> Any:
     """The ColBERT that orders the pool: the run's (``trained``) or the initial one."""
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     if mode == "trained":
         path = run_dir / FINAL_RETRIEVER

@@ -40,8 +40,8 @@ from jmlr.retrieval.mining import (
 
 if TYPE_CHECKING:
     from jmlr.config import Config
-    from jmlr.retrieval.colbert import TrainableScorer
     from jmlr.retrieval.plaid import IndexSettings, PlaidSearcher
+    from jmlr.retrieval.scorer import TrainableScorer
 
 log = logging.getLogger(__name__)
 

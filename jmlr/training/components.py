@@ -139,7 +139,8 @@ def load_generator_for_training(cfg: Config) -> tuple[nn.Module, Any]:
 def load_retriever_for_training(cfg: Config) -> nn.Module:
     """The trainable ColBERT scorer; every weight frozen when ``jmlr.train_retriever`` is
     false (the RAG baseline), all trainable otherwise."""
-    from jmlr.retrieval.colbert import TrainableScorer, prepare_checkpoint
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
 
     path = prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir)
     scorer = TrainableScorer.from_checkpoint(path, cfg.retriever.query_maxlen,
