@@ -289,7 +289,8 @@ def test_overwrite_replaces_the_index_and_an_interrupted_build_leaves_nothing(ta
     assert plaid.read_manifest(cfg.index_dir)["build_id"] != first
 
 
-def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, monkeypatch):
+def _count_encoded(monkeypatch) -> list[int]:
+    """Record how many passages each call of colbert's document encoder gets."""
     encoded: list[int] = []
     doc_from_text = cb.Checkpoint.docFromText
 
@@ -298,21 +299,58 @@ def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, m
         return doc_from_text(self, docs, *args, **kwargs)
 
     monkeypatch.setattr(cb.Checkpoint, "docFromText", counting)
+    return encoded
+
+
+def _build(task, folder: Path) -> dict:
     settings = plaid.IndexSettings(**task.manifest["settings"])
     checkpoint = Path(task.manifest["checkpoint"]["path"])
-    fingerprint = corpus_fingerprint(task.passages)
-    plaid.build_index(checkpoint, task.passages, tmp_path / "reused", settings, "c", fingerprint)
-    assert sum(encoded) == 40   # every passage encoded once, although colbert samples all
+    return plaid.build_index(checkpoint, task.passages, folder, settings, "c",
+                             corpus_fingerprint(task.passages))
+
+
+def _index_tensors(folder: Path) -> dict[str, torch.Tensor | tuple]:
+    return {name: torch.load(folder / name, weights_only=True)
+            for name in ("centroids.pt", "0.codes.pt", "0.residuals.pt", "ivf.pid.pt")}
+
+
+def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, monkeypatch):
+    encoded = _count_encoded(monkeypatch)
+    manifest = _build(task, tmp_path / "reused")
+    assert sum(encoded) == 40 == manifest["passages_encoded"]  # once, although colbert samples all
     encoded.clear()
     monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
                         cb.CollectionIndexer._sample_embeddings)
-    plaid.build_index(checkpoint, task.passages, tmp_path / "plain", settings, "c", fingerprint)
+    _build(task, tmp_path / "plain")
     assert sum(encoded) == 80
-    for name in ("centroids.pt", "0.codes.pt", "0.residuals.pt", "ivf.pid.pt"):
-        a = torch.load(tmp_path / "reused" / name, weights_only=True)
-        b = torch.load(tmp_path / "plain" / name, weights_only=True)
+    reused, plain = _index_tensors(tmp_path / "reused"), _index_tensors(tmp_path / "plain")
+    for name, a in reused.items():
+        b = plain[name]
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)) \
             if isinstance(a, tuple) else torch.equal(a, b), name
+
+
+def test_a_partial_sample_is_reused_and_only_the_rest_is_encoded(task, tmp_path, monkeypatch):
+    # Above ~30k passages colbert samples a part of the collection; here: every other passage.
+    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_pids",
+                        lambda self: set(range(0, len(self.collection), 2)))
+    encoded = _count_encoded(monkeypatch)
+    manifest = _build(task, tmp_path / "reused")
+    assert encoded == [20, 20] and manifest["passages_encoded"] == 40
+    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
+                        cb.CollectionIndexer._sample_embeddings)
+    _build(task, tmp_path / "plain")
+    assert encoded[2:] == [20, 40]
+    reused, plain = _index_tensors(tmp_path / "reused"), _index_tensors(tmp_path / "plain")
+    assert torch.equal(reused["centroids.pt"], plain["centroids.pt"])
+    # The unsampled passages are encoded in other batches than in a plain build, which can
+    # move a vector by float rounding; their centroid codes must still agree.
+    same = (reused["0.codes.pt"] == plain["0.codes.pt"]).float().mean().item()
+    assert reused["0.codes.pt"].shape == plain["0.codes.pt"].shape and same > 0.99
+    searcher = plaid.PlaidSearcher(tmp_path / "reused")
+    for passage, hit in zip(task.passages, searcher.search(searcher.encode(
+            [p.full_text for p in task.passages]), k=1), strict=True):
+        assert hit.passage_ids == [passage.id]
 
 
 def test_a_changed_corpus_is_refused(task, tmp_path):

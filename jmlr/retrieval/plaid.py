@@ -57,38 +57,71 @@ class IndexSettings:
 
 
 class _ReusingEncoder:
-    """colbert's CollectionEncoder, remembering the one batch of passages it encoded last.
+    """colbert's CollectionEncoder, handing back the vectors of the k-means sample's passages
+    when the indexing pass meets them again.
 
-    For a collection of up to ~30k passages colbert samples EVERY passage to train the
-    centroids, encodes them, and then encodes them all again to fill the index. Handing the
-    sample's vectors back when the same passages come again halves the build time; the
-    vectors are identical (same model, same inputs).
+    colbert encodes a sample of the collection to train the centroids (every passage up to
+    ~30k passages, 55% of 100k, 17% of 1M), then encodes every passage again to fill the
+    index. The first call of ``encode_passages`` is the sample: its vectors are kept (in
+    fp16, as the index stores them) and each later call encodes only the passages not in it.
+    Kept vectors are the ones the sample pass computed, so a collection sampled whole gives
+    an index identical to one built without reuse; at 100k passages this saves 35% of the
+    encoding. Above ``max_kept_bytes`` of sample vectors nothing is kept.
     """
 
-    def __init__(self, encoder: Any) -> None:
+    def __init__(self, encoder: Any, max_kept_bytes: int = 4 << 30) -> None:
         self.encoder = encoder
+        self.max_kept_bytes = max_kept_bytes
         self.calls = 0
-        self.kept: tuple[list[str], torch.Tensor, list[int]] | None = None
+        self.reused = 0             # passages handed back instead of encoded
+        self.encoded = 0            # passages encoded, the sample included
+        self.kept: torch.Tensor | None = None      # [sample tokens, dim], fp16
+        self.spans: dict[str, tuple[int, int]] = {}  # passage text -> (start, length) in kept
+        self.dtype = torch.float32  # what the wrapped encoder returns (fp16 on a GPU)
 
-    def encode_passages(self, passages: list[str]) -> tuple[torch.Tensor, list[int]]:
+    def encode_passages(self, passages: list[str]) -> tuple[torch.Tensor | None, list[int] | None]:
         self.calls += 1
-        kept, self.kept = self.kept, None
-        if kept is not None and kept[0] == passages:
-            return kept[1], kept[2]
-        embs, doclens = self.encoder.encode_passages(passages)
-        if self.calls == 1:  # the sample
-            self.kept = (list(passages), embs, doclens)
-        return embs, doclens
+        if self.calls == 1:
+            embs, doclens = self.encoder.encode_passages(passages)
+            self.encoded += len(passages)
+            if embs is not None:
+                self.dtype = embs.dtype
+                if embs.numel() * 2 <= self.max_kept_bytes:
+                    self._keep(passages, embs, doclens)
+            return embs, doclens
+        missing = list(dict.fromkeys(p for p in passages if p not in self.spans))
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            embs, doclens = self.encoder.encode_passages(missing)
+            self.encoded += len(missing)
+            if len(missing) == len(passages):
+                return embs, doclens
+            fresh = dict(zip(missing, embs.split(doclens), strict=True))
+        self.reused += len(passages) - len(missing)
+        parts = [fresh[p] if p in fresh else self._kept_vectors(p) for p in passages]
+        return torch.cat(parts), [part.size(0) for part in parts]
+
+    def _keep(self, passages: list[str], embs: torch.Tensor, doclens: list[int]) -> None:
+        self.kept = embs.half()
+        start = 0
+        for text, length in zip(passages, doclens, strict=True):
+            self.spans.setdefault(text, (start, length))
+            start += length
+
+    def _kept_vectors(self, text: str) -> torch.Tensor:
+        assert self.kept is not None
+        start, length = self.spans[text]
+        return self.kept[start:start + length].to(self.dtype)
 
 
 class _TorchKMeansIndexer(cb.CollectionIndexer):
     """colbert-ai's CollectionIndexer with its faiss k-means replaced by ``kmeans.kmeans``,
-    and the sample's vectors reused when the sample is the whole collection."""
+    and the sample's vectors reused by the indexing pass (``_ReusingEncoder``)."""
 
     seed = 0
 
     def _sample_embeddings(self, sampled_pids: set[int]) -> float:
-        if len(sampled_pids) == len(self.collection) and self.nranks == 1:
+        if self.nranks == 1:
             self.encoder = _ReusingEncoder(self.encoder)
         return super()._sample_embeddings(sampled_pids)
 
@@ -198,6 +231,8 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
             "num_partitions": colbert_meta.get("num_partitions"),
             "num_embeddings": colbert_meta.get("num_embeddings"),
             "build_seconds": round(seconds, 3),
+            # the k-means sample's vectors are reused, so most passages are encoded once
+            "passages_encoded": getattr(indexer.encoder, "encoded", None),
             "passages_per_second": round(len(texts) / max(seconds, 1e-9), 2),
             "device": "cuda" if config.total_visible_gpus > 0 else "cpu",
             "colbert_ai": metadata.version("colbert-ai"),
