@@ -318,6 +318,11 @@ def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, m
     encoded = _count_encoded(monkeypatch)
     manifest = _build(task, tmp_path / "reused")
     assert sum(encoded) == 40 == manifest["passages_encoded"]  # once, although colbert samples all
+    phases = manifest["phase_seconds"]
+    assert set(phases) == {"setup", "train", "index", "finalize", "sample_encoding",
+                           "index_encoding"}
+    steps = phases["setup"] + phases["train"] + phases["index"] + phases["finalize"]
+    assert 0 < steps <= manifest["build_seconds"] and phases["sample_encoding"] <= phases["setup"]
     encoded.clear()
     monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
                         cb.CollectionIndexer._sample_embeddings)

@@ -75,6 +75,8 @@ class _ReusingEncoder:
         self.calls = 0
         self.reused = 0             # passages handed back instead of encoded
         self.encoded = 0            # passages encoded, the sample included
+        self.sample_seconds = 0.0   # spent in the wrapped encoder on the sample
+        self.index_seconds = 0.0    # and on the indexing pass
         self.kept: torch.Tensor | None = None      # [sample tokens, dim], fp16
         self.spans: dict[str, tuple[int, int]] = {}  # passage text -> (start, length) in kept
         self.dtype = torch.float32  # what the wrapped encoder returns (fp16 on a GPU)
@@ -82,8 +84,7 @@ class _ReusingEncoder:
     def encode_passages(self, passages: list[str]) -> tuple[torch.Tensor | None, list[int] | None]:
         self.calls += 1
         if self.calls == 1:
-            embs, doclens = self.encoder.encode_passages(passages)
-            self.encoded += len(passages)
+            embs, doclens = self._encode(passages)
             if embs is not None:
                 self.dtype = embs.dtype
                 if embs.numel() * 2 <= self.max_kept_bytes:
@@ -92,14 +93,23 @@ class _ReusingEncoder:
         missing = list(dict.fromkeys(p for p in passages if p not in self.spans))
         fresh: dict[str, torch.Tensor] = {}
         if missing:
-            embs, doclens = self.encoder.encode_passages(missing)
-            self.encoded += len(missing)
+            embs, doclens = self._encode(missing)
             if len(missing) == len(passages):
                 return embs, doclens
             fresh = dict(zip(missing, embs.split(doclens), strict=True))
         self.reused += len(passages) - len(missing)
         parts = [fresh[p] if p in fresh else self._kept_vectors(p) for p in passages]
         return torch.cat(parts), [part.size(0) for part in parts]
+
+    def _encode(self, passages: list[str]) -> tuple[torch.Tensor | None, list[int] | None]:
+        started = time.perf_counter()
+        out = self.encoder.encode_passages(passages)
+        if self.calls == 1:
+            self.sample_seconds += time.perf_counter() - started
+        else:
+            self.index_seconds += time.perf_counter() - started
+        self.encoded += len(passages)
+        return out
 
     def _keep(self, passages: list[str], embs: torch.Tensor, doclens: list[int]) -> None:
         self.kept = embs.half()
@@ -119,6 +129,42 @@ class _TorchKMeansIndexer(cb.CollectionIndexer):
     and the sample's vectors reused by the indexing pass (``_ReusingEncoder``)."""
 
     seed = 0
+
+    # Wall seconds of colbert's build steps, for the manifest: setup (sampling and encoding
+    # the sample), train (k-means and the residual codec), index (encoding and compressing
+    # every passage), finalize (the inverted file).
+    phase_seconds: dict[str, float]
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = time.perf_counter() - started
+
+    def run(self, shared_lists: Any) -> None:
+        self.phase_seconds = {}
+        super().run(shared_lists)
+        if isinstance(self.encoder, _ReusingEncoder):
+            self.phase_seconds.update(sample_encoding=self.encoder.sample_seconds,
+                                      index_encoding=self.encoder.index_seconds)
+
+    def setup(self) -> None:
+        with self._phase("setup"):
+            super().setup()
+
+    def train(self, shared_lists: Any) -> None:
+        with self._phase("train"):
+            super().train(shared_lists)
+
+    def index(self) -> None:
+        with self._phase("index"):
+            super().index()
+
+    def finalize(self) -> None:
+        with self._phase("finalize"):
+            super().finalize()
 
     def _sample_embeddings(self, sampled_pids: set[int]) -> float:
         if self.nranks == 1:
@@ -233,6 +279,7 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
             "build_seconds": round(seconds, 3),
             # the k-means sample's vectors are reused, so most passages are encoded once
             "passages_encoded": getattr(indexer.encoder, "encoded", None),
+            "phase_seconds": {k: round(v, 3) for k, v in indexer.phase_seconds.items()},
             "passages_per_second": round(len(texts) / max(seconds, 1e-9), 2),
             "device": "cuda" if config.total_visible_gpus > 0 else "cpu",
             "colbert_ai": metadata.version("colbert-ai"),
