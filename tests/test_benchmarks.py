@@ -126,3 +126,49 @@ def test_peak_memory_sees_a_large_allocation():
     assert result["peak_bytes"] >= result["start_bytes"]
     if "clear_refs" in result["method"]:
         assert result["peak_above_start"] >= 48 * 2**20
+
+
+def test_a_gpu_pack_unpacks_its_data_and_a_full_precision_retriever(tmp_path):
+    import json
+    import tarfile
+
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks import gpu_pack
+
+    pack = tmp_path / "pack"
+    (pack / "retriever").mkdir(parents=True)
+    weights = {"w": torch.randn(4, 3), "ids": torch.arange(5)}
+    save_file({"w": weights["w"].half(), "ids": weights["ids"]}, pack / "retriever" / "model.safetensors")
+    (pack / "retriever" / "config.json").write_text("{}")
+    source = tmp_path / "work" / "demo-seed0"
+    source.mkdir(parents=True)
+    (source / "corpus.jsonl").write_text('{"id": "p1", "text": "t"}\n')
+    with tarfile.open(pack / "work.tar.gz", "w:gz") as tar:
+        tar.add(source / "corpus.jsonl", arcname="demo-seed0/corpus.jsonl")
+    with pytest.raises(SystemExit, match="not a pack"):
+        gpu_pack.unpack(pack, tmp_path / "out", tmp_path / "retriever")
+    (pack / "pack.json").write_text(json.dumps({"wheels": []}))
+    gpu_pack.unpack(pack, tmp_path / "out", tmp_path / "retriever")
+    assert (tmp_path / "out" / "demo-seed0" / "corpus.jsonl").read_text() == \
+        (source / "corpus.jsonl").read_text()
+    restored = load_file(tmp_path / "retriever" / "model.safetensors")
+    assert restored["w"].dtype == torch.float32 and restored["ids"].dtype == torch.int64
+    assert torch.equal(restored["w"], weights["w"].half().float())
+    assert torch.equal(restored["ids"], weights["ids"])
+    assert (tmp_path / "retriever" / "config.json").is_file()
+
+
+def test_the_gpu_runner_refuses_bad_arguments_and_a_machine_without_cuda(repo_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = repo_root / "benchmarks" / "run_gpu.sh"
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path), "PYTHON": sys.executable,
+           "CUDA_VISIBLE_DEVICES": ""}
+    bad = subprocess.run(["bash", str(script), "--fast"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument --fast" in bad.stderr
+    no_gpu = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert no_gpu.returncode == 2 and "no CUDA device" in no_gpu.stdout + no_gpu.stderr
+    assert not list(tmp_path.glob("*.json"))
