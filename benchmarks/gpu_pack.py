@@ -15,7 +15,8 @@ git-ignored; about 50 MB, under a 64 MiB limit that ``build`` checks) holds:
   exactly what ``--retriever`` defaults to here), weights stored in fp16 to halve the pack;
   ``unpack`` writes them back in fp32 (so they differ from the originals by fp16 rounding,
   which changes no timing);
-- ``work.tar.gz``: the benchmark work folder: the demo task and the synthetic corpus;
+- ``work.tar.gz``: the benchmark work folder: the demo task and the synthetic corpora (100,000
+  and, for ``--quick``, 5,000 passages);
 - ``pack.json``: what is inside, with sizes, versions and the commit it was made from.
 
 ``unpack`` (run by ``run_gpu.sh``) needs only the standard library, torch and safetensors.
@@ -44,7 +45,7 @@ WHEELS = ("colbert-ai", "ujson", "bitarray", "gitpython", "gitdb", "smmap", "ggu
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 SIZE_LIMIT = 64 * 2**20
-SYNTHETIC_PASSAGES = 100_000
+SYNTHETIC_SIZES = (100_000, 5_000)      # the retrieval figure's corpus, full and --quick
 RETRIEVER_DIM = 128
 
 
@@ -82,10 +83,10 @@ def _pack_work(target: Path, work_dir: str) -> list[str]:
 
     root = Path(work_dir).expanduser()
     demo = demo_data(root)
-    corpus = cached_jsonl(root, f"synthetic-corpus-{SYNTHETIC_PASSAGES}-seed0.jsonl",
-                          lambda: synthetic_passages(SYNTHETIC_PASSAGES))
+    corpora = [cached_jsonl(root, f"synthetic-corpus-{n}-seed0.jsonl",
+                            lambda n=n: synthetic_passages(n)) for n in SYNTHETIC_SIZES]
     members = [demo / name for name in ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl",
-                                        "benchmark_summary.json")] + [corpus]
+                                        "benchmark_summary.json")] + corpora
     with tarfile.open(target, "w:gz") as tar:
         for path in members:
             tar.add(path, arcname=str(path.relative_to(root)))

@@ -31,23 +31,19 @@ import torch
 from benchmarks import common
 from benchmarks.reference_loop import reference_step
 from benchmarks.step_setup import (
+    FLOP_FORMULA,
     SPECS,
     generator_param_counts,
     load_models,
     load_settings,
     load_step_data,
+    model_flops,
     set_dropout,
 )
 
 PHASES = ("retriever_scoring", "encode", "per_passage_losses", "rank_loss", "generator_forward",
           "backward", "optimizer_step", "other")
 EQUALITY_TOLERANCE = 1e-5
-FLOP_FORMULA = ("2·N·T_utility (no-grad forwards) + 2·N·T_gen (forward) + 2·N·T_gen (backward: "
-                "activation gradients; LoRA weight gradients are 2·N_lora·T_gen, left out) with "
-                "N = decoder-block parameters (embeddings and output head excluded); retriever "
-                "FLOPs not counted")
-
-
 @contextlib.contextmanager
 def timed_objective(timer: common.PhaseTimer) -> Iterator[None]:
     """Time the utility and generator-loss calls that ``joint_step`` makes (module attributes
@@ -82,7 +78,10 @@ class Bench:
                                        ("n_candidates", args.candidates),
                                        ("passage_tokens", args.passage_tokens)) if v}
         self.spec = dataclasses.replace(spec, **overrides)
-        self.cfg = load_settings(self.spec, {"retriever.query_maxlen": 128})
+        overrides = {"retriever.query_maxlen": 128}
+        if args.gradient_checkpointing != "config":
+            overrides["generator.gradient_checkpointing"] = args.gradient_checkpointing == "on"
+        self.cfg = load_settings(self.spec, overrides)
         self.device = device
         started = time.perf_counter()
         self.model, self.tokenizer, self.scorer = load_models(self.cfg, self.spec, device,
@@ -98,7 +97,8 @@ class Bench:
                    "lr": self.cfg.train.retriever_lr}]
         self.optimizer = torch.optim.AdamW(params)
         self.timer = common.PhaseTimer(device)
-        self.encoded_tokens: list[int] = []   # per encode_fn call; the last one is L_gen's batch
+        # Per encode_fn call, its sequences' lengths; the last call is L_gen's batch.
+        self.encoded_lengths: list[list[int]] = []
         self.bucket_tokens = args.bucket_tokens or None
         self.autocast = args.autocast
 
@@ -119,7 +119,7 @@ class Bench:
 
     def _encode_counted(self, questions: list, passages: list[list[str]]) -> dict[str, torch.Tensor]:
         batch = self.encode(questions, passages)
-        self.encoded_tokens.append(int(batch["attention_mask"].sum()))
+        self.encoded_lengths.append([int(n) for n in batch["attention_mask"].sum(-1)])
         return batch
 
     def ours(self, index: int, seed: int, train: bool = True) -> Any:
@@ -161,7 +161,7 @@ class Bench:
         bookkeeping outside the named phases), phase peak memory (when the timer tracks
         memory), total seconds, and the tokens of the utilities and of L_gen."""
         self.timer.take()
-        self.encoded_tokens = []
+        self.encoded_lengths = []
         common.sync(self.device)
         start, cpu_start = time.perf_counter(), time.process_time()
         out = run()
@@ -172,8 +172,8 @@ class Bench:
         cpu["other"] = max(0.0, cpu_total - sum(cpu.values()))
         return {"out": out, "seconds": seconds, "peaks": peaks, "total": total, "cpu": cpu,
                 "cpu_total": cpu_total,
-                "utility_tokens": sum(self.encoded_tokens[:-1]),
-                "gen_tokens": self.encoded_tokens[-1]}
+                "utility_lengths": [n for call in self.encoded_lengths[:-1] for n in call],
+                "gen_lengths": self.encoded_lengths[-1]}
 
 
 def equality_check(bench: Bench) -> dict[str, Any]:
@@ -226,19 +226,23 @@ def run_steps(bench: Bench, repeats: int, warmup: int) -> dict[str, dict[str, An
         memory = dict(zip(("ours", "reference"), pair(0), strict=True))
     finally:
         bench.timer.memory = False
+    counts = generator_param_counts(bench.model)
     summary = {}
     for name, recs in steps.items():
         peaks = {ph: v for ph, v in memory[name]["peaks"].items() if v}
         step = common.summarize([r["total"] for r in recs])
-        tokens = sum(r["utility_tokens"] + r["gen_tokens"] for r in recs) / len(recs)
+        utility_tokens = sum(sum(r["utility_lengths"]) for r in recs) / len(recs)
+        gen_tokens = sum(sum(r["gen_lengths"]) for r in recs) / len(recs)
+        tokens = utility_tokens + gen_tokens
         summary[name] = {
             "phase_median_s": common.median_phases([r["seconds"] for r in recs]),
             "phase_median_cpu_s": common.median_phases([r["cpu"] for r in recs]),
             "step_cpu": common.summarize([r["cpu_total"] for r in recs]),
             "phase_peak_bytes": peaks, "step_peak_bytes": max(peaks.values()),
             "step": step, "tokens_per_step": tokens, "tokens_per_s": tokens / step["median_s"],
-            "utility_tokens": sum(r["utility_tokens"] for r in recs) / len(recs),
-            "gen_tokens": sum(r["gen_tokens"] for r in recs) / len(recs),
+            "utility_tokens": utility_tokens, "gen_tokens": gen_tokens,
+            "model_flops_per_step": sum(model_flops(counts, r["utility_lengths"], r["gen_lengths"])
+                                        for r in recs) / len(recs),
         }
     return summary
 
@@ -297,7 +301,7 @@ def report(bench: Bench, summary: dict[str, Any], check: dict[str, Any],
     flops: dict[str, Any] = {"formula": FLOP_FORMULA, "ceiling_tflops": ceiling_tflops,
                              "ceiling_dtype": ceiling_dtype}
     for name, rec in summary.items():
-        step_flops = 2 * counts["flop_params"] * (rec["utility_tokens"] + 2 * rec["gen_tokens"])
+        step_flops = rec["model_flops_per_step"]
         achieved = step_flops / rec["step"]["median_s"] / 1e12
         flops[name] = {"step_tflop": step_flops / 1e12, "achieved_tflops": achieved,
                        "mfu": achieved / ceiling_tflops if ceiling_tflops else None}
@@ -330,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autocast", action="store_true",
                         help="bf16 autocast around both implementations' forwards (as "
                              "train.mixed_precision=bf16); the equality check stays in fp32")
+    parser.add_argument("--gradient-checkpointing", choices=("config", "on", "off"),
+                        default="config", help="the generator's activation checkpointing "
+                        "(default: as the model's config; the 7B/13B configs turn it on)")
     args = parser.parse_args(argv)
     if args.quick:   # a smoke run: fewer and shorter passages
         args.k, args.r = args.k or 5, args.r or 3
@@ -368,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": common.environment(device),
     }
     variant = ("-autocast" if args.autocast else "") + \
-        (f"-bucket{args.bucket_tokens}" if args.bucket_tokens else "")
+        (f"-bucket{args.bucket_tokens}" if args.bucket_tokens else "") + \
+        (f"-ckpt-{args.gradient_checkpointing}" if args.gradient_checkpointing != "config" else "")
     common.write_results(common.results_path(args.results_dir, f"joint_step-{args.model}{variant}",
                                               device, args.quick), payload)
     return 0 if check["passed"] is not False else 1

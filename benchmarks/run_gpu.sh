@@ -17,7 +17,8 @@
 #   tiny       joint step, tiny model in fp32: the rank-loss equality check on CUDA    40
 #   eval7b     letter / option-text scoring, batched vs one at a time, 7B             80
 #   retrieval  PLAID build and top-30 search: demo corpus, 100k synthetic (105 each)  220
-# colbert-ai compiles its CUDA extensions (used by retrieval) in the background from the start.
+# colbert-ai compiles its CUDA extensions (used by retrieval) in the background from the start
+# (at most 300 s, which the four figures before retrieval normally cover).
 # --only joint7b,retrieval runs a subset. Results: $RESULTS_DIR (default benchmarks/results),
 # one JSON file per figure, and run_gpu.log there with everything printed.
 # --cpu-smoke runs the same sequence on the CPU at toy sizes (the 7B and 13B figures on a
@@ -71,7 +72,7 @@ wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 extensions_pid=""
 if wanted retrieval; then
-    ( "$PY" -c "from jmlr.retrieval.colbert import build_extensions; print('colbert-ai extensions:', build_extensions(use_gpu='$DEVICE' == 'cuda'))" \
+    ( timeout 300 "$PY" -c "from jmlr.retrieval.colbert import build_extensions; print('colbert-ai extensions:', build_extensions(use_gpu='$DEVICE' == 'cuda'))" \
         > "$RESULTS_DIR/.extensions.log" 2>&1 ) &
     extensions_pid=$!
 fi

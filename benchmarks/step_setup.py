@@ -197,8 +197,8 @@ def set_dropout(modules: list[torch.nn.Module], p: float | None,
 
 def generator_param_counts(model: torch.nn.Module) -> dict[str, int]:
     """All parameters; the ones the FLOP formula uses (every matrix that each token
-    multiplies: the decoder blocks, LoRA included; embeddings and output head left out); and
-    the trainable ones."""
+    multiplies: the decoder blocks, LoRA included; embeddings and output head left out); the
+    LoRA adapters' among them; the trainable ones; and the layer count and width."""
     from jmlr.training.token_losses import causal_lm_parts
 
     decoder, head, _ = causal_lm_parts(model)
@@ -206,5 +206,39 @@ def generator_param_counts(model: torch.nn.Module) -> dict[str, int]:
     skip = {id(p) for m in (embedding, head) if m is not None for p in m.parameters()}
     total = sum(p.numel() for p in model.parameters())
     matmul = sum(p.numel() for p in decoder.parameters() if id(p) not in skip)
+    lora = sum(p.numel() for name, p in decoder.named_parameters()
+               if "lora_" in name and id(p) not in skip)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "flop_params": matmul, "trainable": trainable}
+    config = model.config
+    return {"total": total, "flop_params": matmul, "lora": lora, "trainable": trainable,
+            "layers": int(config.num_hidden_layers), "hidden": int(config.hidden_size)}
+
+
+FLOP_FORMULA = (
+    "per token of a T-token sequence, a forward costs 2·N + 2·L·T·d (N: decoder-block "
+    "parameters, LoRA adapters included, embeddings and output head left out; L layers of "
+    "width d; causal attention QKᵀ and PV with half of the T×T scores masked); the utility "
+    "sequences go forward only; the generator's sequence forward and backward, the backward "
+    "costing 2·N + 2·N_lora + 2·(2·L·T·d) (activation gradients everywhere, weight gradients "
+    "only for the LoRA adapters); recomputation under gradient checkpointing and the "
+    "retriever are not counted")
+
+
+def model_flops(counts: dict[str, int], utility_lengths: list[int],
+                gen_lengths: list[int]) -> float:
+    """Model FLOPs of one joint step (the MFU numerator), by ``FLOP_FORMULA``; the same for
+    both implementations given the same sequences. ``counts`` as ``generator_param_counts``.
+
+    >>> model_flops({"flop_params": 100, "lora": 10, "layers": 2, "hidden": 8}, [4], [4])
+    4528
+    """
+    n, n_lora, layers, width = (counts[k] for k in ("flop_params", "lora", "layers", "hidden"))
+
+    def forward(t: int) -> int:
+        return 2 * n * t + 2 * layers * t * t * width
+
+    def backward(t: int) -> int:
+        return (2 * n + 2 * n_lora) * t + 2 * (2 * layers * t * t * width)
+
+    return sum(forward(t) for t in utility_lengths) + \
+        sum(forward(t) + backward(t) for t in gen_lengths)

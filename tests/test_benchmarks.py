@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import common, reference_loop
+from benchmarks import common, reference_loop, step_setup
 from benchmarks.joint_step import timed_objective
 from benchmarks.reference_loop import reference_rank_loss, reference_step
 from benchmarks.step_setup import fixed_length_passages, set_dropout
@@ -35,7 +35,7 @@ PASSAGES = [
 
 
 def test_doctests_of_the_benchmark_helpers():
-    for module in (common, reference_loop):
+    for module in (common, reference_loop, step_setup):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -16,7 +16,7 @@ from tiny_retrieval import REPO, make_passages, tiny_config, tiny_task
 from jmlr.data.corpus import corpus_fingerprint, write_corpus
 from jmlr.errors import ConfigError
 from jmlr.retrieval import colbert as cb
-from jmlr.retrieval import plaid
+from jmlr.retrieval import indexer, plaid
 from jmlr.retrieval.candidates import run_index, search_questions
 from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.kmeans import assign, kmeans
@@ -275,7 +275,7 @@ def test_overwrite_replaces_the_index_and_an_interrupted_build_leaves_nothing(ta
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plaid, "kmeans", interrupted)
+    monkeypatch.setattr(indexer, "kmeans", interrupted)
     code, _, _ = run_cli("index", "-c", config, "--overwrite")
     assert code == 130
     assert plaid.read_manifest(cfg.index_dir)["build_id"] == first   # the old index is intact
@@ -324,7 +324,7 @@ def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, m
     steps = phases["setup"] + phases["train"] + phases["index"] + phases["finalize"]
     assert 0 < steps <= manifest["build_seconds"] and phases["sample_encoding"] <= phases["setup"]
     encoded.clear()
-    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
+    monkeypatch.setattr(indexer.TorchKMeansIndexer, "_sample_embeddings",
                         cb.CollectionIndexer._sample_embeddings)
     _build(task, tmp_path / "plain")
     assert sum(encoded) == 80
@@ -337,12 +337,12 @@ def test_the_sample_vectors_are_reused_and_give_the_same_index(task, tmp_path, m
 
 def test_a_partial_sample_is_reused_and_only_the_rest_is_encoded(task, tmp_path, monkeypatch):
     # Above ~30k passages colbert samples a part of the collection; here: every other passage.
-    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_pids",
+    monkeypatch.setattr(indexer.TorchKMeansIndexer, "_sample_pids",
                         lambda self: set(range(0, len(self.collection), 2)))
     encoded = _count_encoded(monkeypatch)
     manifest = _build(task, tmp_path / "reused")
     assert encoded == [20, 20] and manifest["passages_encoded"] == 40
-    monkeypatch.setattr(plaid._TorchKMeansIndexer, "_sample_embeddings",
+    monkeypatch.setattr(indexer.TorchKMeansIndexer, "_sample_embeddings",
                         cb.CollectionIndexer._sample_embeddings)
     _build(task, tmp_path / "plain")
     assert encoded[2:] == [20, 40]
@@ -400,6 +400,31 @@ def test_kmeans_is_seeded_and_handles_few_points():
     def sse(c):
         return ((points - c[assign(points, c)]) ** 2).sum()
     assert sse(centroids) <= sse(start)
+
+
+def test_nearest_centroid_search_in_blocks_equals_the_full_score_matrix(monkeypatch):
+    from jmlr.retrieval import kmeans as km
+
+    gen = torch.Generator().manual_seed(2)
+    points, centroids = torch.randn(1000, 16, generator=gen), torch.randn(300, 16, generator=gen)
+    bias = torch.randn(300, generator=gen)
+    monkeypatch.setattr(km, "_BLOCK_ELEMENTS", 300 * 64)      # 64 rows a block, a ragged last
+    assert torch.equal(km.nearest(points, centroids, bias), (points @ centroids.T + bias).argmax(-1))
+    assert torch.equal(km.nearest(points, centroids), (points @ centroids.T).argmax(-1))
+    brute = torch.cdist(points, centroids).argmin(-1)
+    assert (assign(points, centroids) == brute).float().mean() > 0.999
+
+
+def test_the_cpu_codec_gives_colbert_ai_s_codes():
+    gen = torch.Generator().manual_seed(3)
+    centroids = torch.nn.functional.normalize(torch.randn(512, 32, generator=gen), dim=-1)
+    vectors = torch.nn.functional.normalize(torch.randn(5000, 32, generator=gen), dim=-1).half()
+    config = cb.ColBERTConfig(dim=32, nbits=2)
+    ours = indexer._Codec(config=config, centroids=centroids, avg_residual=None)
+    theirs = cb.ResidualCodec(config=config, centroids=centroids, avg_residual=None)
+    assert not ours.use_gpu
+    assert torch.equal(ours.compress_into_codes(vectors, "cpu"),
+                       theirs.compress_into_codes(vectors, "cpu"))
 
 
 def test_warmup_builds_colbert_extensions_and_caches_the_configs_models(run_cli, tmp_path):

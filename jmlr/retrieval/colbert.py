@@ -52,7 +52,9 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # compare against colbert-ai's own inference path: colbert-ai is imported here only.
 import colbert.modeling.hf_colbert as _hf_colbert  # noqa: E402
 from colbert.data import Collection as Collection  # noqa: E402
+from colbert.indexing.codecs.residual import ResidualCodec as ResidualCodec  # noqa: E402
 from colbert.indexing.collection_indexer import CollectionIndexer as CollectionIndexer  # noqa: E402
+from colbert.indexing.index_saver import IndexSaver as IndexSaver  # noqa: E402
 from colbert.infra.config import ColBERTConfig  # noqa: E402
 from colbert.infra.run import Run as Run  # noqa: E402
 from colbert.modeling.base_colbert import BaseColBERT  # noqa: E402
@@ -314,7 +316,6 @@ def build_extensions(use_gpu: bool | None = None) -> list[str]:
     is searched on a machine, which makes that first command take minutes longer than the
     next ones. Returns the classes whose extensions are loaded.
     """
-    from colbert.indexing.codecs.residual import ResidualCodec
     from colbert.search.index_storage import IndexScorer
     from colbert.search.strided_tensor import StridedTensor
 

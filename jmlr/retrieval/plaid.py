@@ -8,8 +8,8 @@ An index folder is colbert-ai's PLAID index plus two files of ours:
 - ``passage_ids.json``: our passage id for each of colbert's integer pids, in order.
 
 Builds run in this process (colbert-ai's launcher would spawn a child per rank) into a
-hidden sibling folder that is renamed into place when complete, and train the centroids
-with a torch k-means (``kmeans.py``) instead of faiss.
+hidden sibling folder that is renamed into place when complete, with colbert-ai's indexer as
+``indexer.py`` adapts it (torch k-means instead of faiss, the sample's vectors reused).
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from jmlr.data.schema import Passage
 from jmlr.errors import ConfigError
 from jmlr.io import write_json
 from jmlr.retrieval import colbert as cb
 from jmlr.retrieval.folders import folder_sha256, replace_folder
-from jmlr.retrieval.kmeans import kmeans
+from jmlr.retrieval.indexer import TorchKMeansIndexer
 
 log = logging.getLogger(__name__)
 
@@ -54,131 +53,6 @@ class IndexSettings:
     kmeans_niters: int
     batch_size: int
     seed: int
-
-
-class _ReusingEncoder:
-    """colbert's CollectionEncoder, handing back the vectors of the k-means sample's passages
-    when the indexing pass meets them again.
-
-    colbert encodes a sample of the collection to train the centroids (every passage up to
-    ~30k passages, 55% of 100k, 17% of 1M), then encodes every passage again to fill the
-    index. The first call of ``encode_passages`` is the sample: its vectors are kept (in
-    fp16, as the index stores them) and each later call encodes only the passages not in it.
-    Kept vectors are the ones the sample pass computed, so a collection sampled whole gives
-    an index identical to one built without reuse; at 100k passages this saves 35% of the
-    encoding. Above ``max_kept_bytes`` of sample vectors nothing is kept.
-    """
-
-    def __init__(self, encoder: Any, max_kept_bytes: int = 4 << 30) -> None:
-        self.encoder = encoder
-        self.max_kept_bytes = max_kept_bytes
-        self.calls = 0
-        self.reused = 0             # passages handed back instead of encoded
-        self.encoded = 0            # passages encoded, the sample included
-        self.sample_seconds = 0.0   # spent in the wrapped encoder on the sample
-        self.index_seconds = 0.0    # and on the indexing pass
-        self.kept: torch.Tensor | None = None      # [sample tokens, dim], fp16
-        self.spans: dict[str, tuple[int, int]] = {}  # passage text -> (start, length) in kept
-        self.dtype = torch.float32  # what the wrapped encoder returns (fp16 on a GPU)
-
-    def encode_passages(self, passages: list[str]) -> tuple[torch.Tensor | None, list[int] | None]:
-        self.calls += 1
-        if self.calls == 1:
-            embs, doclens = self._encode(passages)
-            if embs is not None:
-                self.dtype = embs.dtype
-                if embs.numel() * 2 <= self.max_kept_bytes:
-                    self._keep(passages, embs, doclens)
-            return embs, doclens
-        missing = list(dict.fromkeys(p for p in passages if p not in self.spans))
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            embs, doclens = self._encode(missing)
-            if len(missing) == len(passages):
-                return embs, doclens
-            fresh = dict(zip(missing, embs.split(doclens), strict=True))
-        self.reused += len(passages) - len(missing)
-        parts = [fresh[p] if p in fresh else self._kept_vectors(p) for p in passages]
-        return torch.cat(parts), [part.size(0) for part in parts]
-
-    def _encode(self, passages: list[str]) -> tuple[torch.Tensor | None, list[int] | None]:
-        started = time.perf_counter()
-        out = self.encoder.encode_passages(passages)
-        if self.calls == 1:
-            self.sample_seconds += time.perf_counter() - started
-        else:
-            self.index_seconds += time.perf_counter() - started
-        self.encoded += len(passages)
-        return out
-
-    def _keep(self, passages: list[str], embs: torch.Tensor, doclens: list[int]) -> None:
-        self.kept = embs.half()
-        start = 0
-        for text, length in zip(passages, doclens, strict=True):
-            self.spans.setdefault(text, (start, length))
-            start += length
-
-    def _kept_vectors(self, text: str) -> torch.Tensor:
-        assert self.kept is not None
-        start, length = self.spans[text]
-        return self.kept[start:start + length].to(self.dtype)
-
-
-class _TorchKMeansIndexer(cb.CollectionIndexer):
-    """colbert-ai's CollectionIndexer with its faiss k-means replaced by ``kmeans.kmeans``,
-    and the sample's vectors reused by the indexing pass (``_ReusingEncoder``)."""
-
-    seed = 0
-
-    # Wall seconds of colbert's build steps, for the manifest: setup (sampling and encoding
-    # the sample), train (k-means and the residual codec), index (encoding and compressing
-    # every passage), finalize (the inverted file).
-    phase_seconds: dict[str, float]
-
-    @contextlib.contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phase_seconds[name] = time.perf_counter() - started
-
-    def run(self, shared_lists: Any) -> None:
-        self.phase_seconds = {}
-        super().run(shared_lists)
-        if isinstance(self.encoder, _ReusingEncoder):
-            self.phase_seconds.update(sample_encoding=self.encoder.sample_seconds,
-                                      index_encoding=self.encoder.index_seconds)
-
-    def setup(self) -> None:
-        with self._phase("setup"):
-            super().setup()
-
-    def train(self, shared_lists: Any) -> None:
-        with self._phase("train"):
-            super().train(shared_lists)
-
-    def index(self) -> None:
-        with self._phase("index"):
-            super().index()
-
-    def finalize(self) -> None:
-        with self._phase("finalize"):
-            super().finalize()
-
-    def _sample_embeddings(self, sampled_pids: set[int]) -> float:
-        if self.nranks == 1:
-            self.encoder = _ReusingEncoder(self.encoder)
-        return super()._sample_embeddings(sampled_pids)
-
-    def _train_kmeans(self, sample: torch.Tensor, shared_lists: Any) -> torch.Tensor:
-        device = "cuda" if self.use_gpu else "cpu"
-        log.info("k-means: %d centroids over %d token vectors, %d iterations",
-                 self.num_partitions, sample.size(0), self.config.kmeans_niters)
-        centroids = kmeans(sample.to(device).float(), self.num_partitions,
-                           self.config.kmeans_niters, seed=self.seed)
-        centroids = F.normalize(centroids, dim=-1)
-        return centroids.half() if self.use_gpu else centroids.float()
 
 
 @contextlib.contextmanager
@@ -260,7 +134,7 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
     try:
         with _seeded(settings.seed), cb.quiet_colbert(), \
                 cb.Run().context(config, inherit_config=False):
-            indexer = _TorchKMeansIndexer(config, cb.Collection(data=texts), verbose=1)
+            indexer = TorchKMeansIndexer(config, cb.Collection(data=texts), verbose=1)
             indexer.seed = settings.seed
             indexer.run(shared_lists=[])
         seconds = time.perf_counter() - started
