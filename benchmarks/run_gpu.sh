@@ -108,7 +108,7 @@ if [ -n "$extensions_pid" ]; then
     wait "$extensions_pid" || echo "colbert-ai's CUDA extensions did not build:"
     cat "$RESULTS_DIR/.extensions.log"; rm -f "$RESULTS_DIR/.extensions.log"
 fi
-run retrieval 220 benchmarks.retrieval --timeout 105
+run retrieval 220 benchmarks.retrieval --timeout $(( 105 * LIMIT_SCALE ))
 # UMLS-F (figure 4) is CPU work (spaCy, nmslib): benchmarks.factuality on any machine.
 
 echo

@@ -39,11 +39,13 @@ REFERENCE = ["train.max_steps=4", "train.grad_accum=2", "train.save_every=2",
 # Losses of the reference run's first steps (recorded once; a change means the objective,
 # the prompts, the models, the data order or the draws of the retriever's dropout changed:
 # encoding passages in length buckets draws its dropout masks in another order; clipping
-# each model's gradients on its own changes the steps after the first).
+# each model's gradients on its own changes the steps after the first; the index's
+# nearest-centroid search in reused blocks rounds differently, which changes the candidates
+# refreshed after step 2, so step 3's rank loss).
 PINNED = [
     {"step": 1, "loss": 11.096685, "gen_loss": 10.367889, "rank_loss": 0.728796},
     {"step": 2, "loss": 11.037902, "gen_loss": 10.351916, "rank_loss": 0.685986},
-    {"step": 3, "loss": 10.998871, "gen_loss": 10.354351, "rank_loss": 0.644520},
+    {"step": 3, "loss": 10.999738, "gen_loss": 10.354351, "rank_loss": 0.645387},
 ]
 
 
