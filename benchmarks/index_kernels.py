@@ -20,8 +20,7 @@ Each pair must give the same indices (printed). Defaults: 50,000 vectors, 32,768
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import statistics
 
 import torch
 
@@ -38,15 +37,6 @@ def fresh_block_assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.T
     for start in range(0, points.size(0), chunk):
         out[start:start + chunk] = (points[start:start + chunk] @ centroids.T - half_norms).argmax(-1)
     return out
-
-
-def timed(fn: Any, repeats: int) -> tuple[float, torch.Tensor]:
-    times, out = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2], out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     flop = 2 * n * k * 128
     results, rows = {}, []
     for name, (ours_fn, other_fn) in pairs.items():
-        ours_fn(), other_fn()                                   # warm-up
-        ours_s, ours_out = timed(ours_fn, repeats)
-        other_s, other_out = timed(other_fn, repeats)
-        same = bool(torch.equal(ours_out, other_out))
+        same = bool(torch.equal(ours_fn(), other_fn()))          # also the warm-up
+        ours_s = statistics.median(common.measure(ours_fn, repeats, warmup=0))
+        other_s = statistics.median(common.measure(other_fn, repeats, warmup=0))
         results[name] = {"ours_s": ours_s, "other_s": other_s, "speedup": other_s / ours_s,
                          "ours_tflops": flop / ours_s / 1e12, "other_tflops": flop / other_s / 1e12,
                          "same_indices": same}

@@ -87,6 +87,7 @@ class Bench:
         self.model, self.tokenizer, self.scorer = load_models(self.cfg, self.spec, device,
                                                               args.cache_dir, args.retriever)
         self.load_seconds = time.perf_counter() - started
+        self.param_counts = generator_param_counts(self.model)
         n_questions = max(1, args.questions)
         self.data = load_step_data(self.tokenizer, args.work_dir, n_questions,
                                    self.spec.n_candidates, self.spec.passage_tokens)
@@ -226,7 +227,7 @@ def run_steps(bench: Bench, repeats: int, warmup: int) -> dict[str, dict[str, An
         memory = dict(zip(("ours", "reference"), pair(0), strict=True))
     finally:
         bench.timer.memory = False
-    counts = generator_param_counts(bench.model)
+    counts = bench.param_counts
     summary = {}
     for name, recs in steps.items():
         peaks = {ph: v for ph, v in memory[name]["peaks"].items() if v}
@@ -297,7 +298,7 @@ def report(bench: Bench, summary: dict[str, Any], check: dict[str, Any],
     print(common.markdown_table(["phase", "ours s", "reference s", "speed-up (wall)",
                                  "speed-up (CPU time)", f"ours {peak_label}",
                                  f"ref {peak_label}"], rows))
-    counts = generator_param_counts(bench.model)
+    counts = bench.param_counts
     flops: dict[str, Any] = {"formula": FLOP_FORMULA, "ceiling_tflops": ceiling_tflops,
                              "ceiling_dtype": ceiling_dtype}
     for name, rec in summary.items():

@@ -55,8 +55,8 @@ def worker(spec_path: str) -> int:
     from jmlr.retrieval.plaid import IndexSettings, PlaidSearcher, build_index
 
     settings = IndexSettings(**{k: v for k, v in spec["settings"].items() if k != "dim"})
-    checkpoint = prepare_checkpoint(spec.get("retriever", common.DEFAULT_RETRIEVER),
-                                    spec["settings"]["dim"], spec["cache_dir"])
+    checkpoint = prepare_checkpoint(spec["retriever"], spec["settings"]["dim"],
+                                    spec["cache_dir"])
     passages = load_corpus(spec["corpus"])
     queries = spec["queries"]
     index_root = Path(spec["index_root"])

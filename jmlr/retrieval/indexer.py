@@ -41,7 +41,6 @@ class _ReusingEncoder:
         self.encoder = encoder
         self.max_kept_bytes = max_kept_bytes
         self.calls = 0
-        self.reused = 0             # passages handed back instead of encoded
         self.encoded = 0            # passages encoded, the sample included
         self.sample_seconds = 0.0   # spent in the wrapped encoder on the sample
         self.index_seconds = 0.0    # and on the indexing pass
@@ -65,7 +64,6 @@ class _ReusingEncoder:
             if len(missing) == len(passages):
                 return embs, doclens
             fresh = dict(zip(missing, embs.split(doclens), strict=True))
-        self.reused += len(passages) - len(missing)
         parts = [fresh[p] if p in fresh else self._kept_vectors(p) for p in passages]
         return torch.cat(parts), [part.size(0) for part in parts]
 
