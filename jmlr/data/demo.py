@@ -31,17 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from jmlr.data import hpo
-from jmlr.data.demo_text import (
-    TextStyle,
-    disease_passage_text,
-    family_keys,
-    norm,
-    rationale_text,
-    readme_text,
-    spelling_key,
-    vignette_text,
-)
+from jmlr.data import hpo, hpo_kb
+from jmlr.data.demo_names import TextStyle, family_keys, norm, spelling_key
+from jmlr.data.demo_text import disease_passage_text, rationale_text, readme_text, vignette_text
 from jmlr.data.schema import MCQ, Passage, option_letters
 from jmlr.errors import ConfigError
 from jmlr.io import atomic_write, write_jsonl
@@ -350,7 +342,7 @@ def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
                    for t in named if onto.terms[t].definition]
     questions, reworded = build_questions(items, sims, style, n_questions, rng)
     used_terms = set(named) | {t for d in items for t in d.inheritance + d.onset}
-    kb = hpo.umls_concepts(onto, None if kb_scope == "all" else hpo.with_neighbours(onto, used_terms))
+    kb = hpo_kb.umls_concepts(onto, None if kb_scope == "all" else hpo_kb.with_neighbours(onto, used_terms))
 
     counts = {"corpus": write_jsonl(out / "corpus.jsonl", (p.to_json() for p in passages + definitions))}
     for split, mcqs in questions.items():
