@@ -17,8 +17,10 @@ questions into :class:`ScoringItem` token ids with the training template.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -112,6 +114,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name a causal LM's forward takes its KV cache by: transformers renamed
+    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward with ``use_cache=True`` returned, under either name."""
+    cache = out.get("cache")       # older transformers return it as past_key_values
+    return cache if cache is not None else out.past_key_values
+
+
 def _continue(model: torch.nn.Module, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]],
               prompt_mask: torch.Tensor, conts: Sequence[Sequence[int]], pad_id: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +141,8 @@ def _continue(model: torch.nn.Module, prompt_kv: list[tuple[torch.Tensor, torch.
     cont_ids, cont_mask = (t.to(device) for t in right_pad(conts, pad_id))
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(cont_ids.shape[1], device=device)
     out = model(input_ids=cont_ids, attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
-                position_ids=positions, past_key_values=DynamicCache(prompt_kv), use_cache=True)
+                position_ids=positions, use_cache=True,
+                **{_cache_argument(model): DynamicCache(prompt_kv)})
     return out.logits.float().log_softmax(-1), cont_ids, cont_mask
 
 
@@ -147,7 +163,7 @@ def score_options(model: torch.nn.Module, items: Sequence[ScoringItem], pad_id: 
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 use_cache=use_cache, logits_to_keep=1)
     last = out.logits[:, -1, :].float().log_softmax(-1)  # [B, V]
-    prompt_kv = ([(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    prompt_kv = ([(layer.keys, layer.values) for layer in _returned_cache(out).layers]
                  if use_cache else [])
     del out
     letters: list[list[float]] = []
