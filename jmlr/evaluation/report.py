@@ -12,10 +12,9 @@ needed to read it. ``report.md`` carries the same tables and text (plots only in
 
 from __future__ import annotations
 
-import html
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +23,21 @@ from jmlr.errors import DataError, UserError
 from jmlr.evaluation import factuality_view as fview
 from jmlr.evaluation import plots
 from jmlr.evaluation.metrics import MODE_LABELS, Prediction, markdown_table, read_predictions
+from jmlr.evaluation.report_render import (
+    Section,
+    esc,
+    fmt,
+    html_table,
+    md_table,
+    missing,
+    render_html,
+    render_markdown,
+)
 from jmlr.io import atomic_write, read_jsonl
 
 log = logging.getLogger(__name__)
 
 N_EXAMPLES = 8
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#666;font-style:italic}.plots img{max-width:48%;margin:.3em}
-.example{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:1em 0}
-.passage{font-size:.88em;color:#333;margin:.3em 0}.gold{background:#fff3c4}
-.ok{color:#1a7f37;font-weight:600}.bad{color:#b42318;font-weight:600}
-mark.matched{background:#a8e6a3}mark.missed{background:#ffd08a}mark.extra{background:#f7a6a6}
-.legend mark{padding:0 .3em}
-"""
-
-
-@dataclass
-class Section:
-    """One part of the report, in both renderings."""
-
-    title: str
-    html: str
-    markdown: str
-    figures: list[str] = field(default_factory=list)  # base64 PNGs, HTML only
 
 
 @dataclass
@@ -101,55 +86,6 @@ def read_eval_results(run_dir: Path) -> list[EvalResult]:
 
 
 # ---------------------------------------------------------------------------------------
-# Rendering helpers
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def html_table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
-    """A plain HTML table; cells escaped, columns from ``numeric_from`` right-aligned.
-
-    >>> html_table(["a", "b"], [["x<y", 1.5]])
-    '<table><tr><th>a</th><th>b</th></tr><tr><td>x&lt;y</td><td class="num">1.5</td></tr></table>'
-    """
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{_esc(c)}</td>' if i >= numeric_from else f"<td>{_esc(c)}</td>"
-                         for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table; pipes in cells escaped.
-
-    >>> print(md_table(["a", "b"], [["x|y", 1]]))
-    | a | b |
-    |---|---|
-    | x\\|y | 1 |
-    """
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _missing(text: str) -> tuple[str, str]:
-    return f'<p class="note">{_esc(text)}</p>', f"_{text}_"
-
-
-# ---------------------------------------------------------------------------------------
 # Sections
 
 
@@ -157,7 +93,7 @@ def accuracy_section(evals: list[EvalResult]) -> Section:
     """The paper's table per split, details with 95% intervals, and retrieval recall."""
     with_metrics = [e for e in evals if e.metrics]
     if not with_metrics:
-        h, m = _missing("No evaluation found: run `jmlr evaluate -c CONFIG --run RUN` first.")
+        h, m = missing("No evaluation found: run `jmlr evaluate -c CONFIG --run RUN` first.")
         return Section("Accuracy", h, m)
     parts_html, parts_md, figures = [], [], []
     for e in with_metrics:
@@ -167,7 +103,7 @@ def accuracy_section(evals: list[EvalResult]) -> Section:
         header = ["mode", "scoring", *table["columns"]]
         rows = [[MODE_LABELS.get(r["mode"], r["mode"]), r["scoring"],
                  *("–" if v is None else f"{v:.1f}" for v in r["values"])] for r in table["rows"]]
-        parts_html.append(f"<h3>Split <code>{_esc(e.split)}</code> (accuracy, %)</h3>"
+        parts_html.append(f"<h3>Split <code>{esc(e.split)}</code> (accuracy, %)</h3>"
                           + html_table(header, rows, numeric_from=2))
         detail = []
         for dataset, by_mode in (metrics.get("results") or {}).items():
@@ -184,14 +120,14 @@ def accuracy_section(evals: list[EvalResult]) -> Section:
         if scored:
             keys = list(dict.fromkeys(k for _, _, vals in scored for k in vals))
             r_header = ["dataset", "mode", *keys]
-            retrieval = [[dataset, mode, *(_fmt(vals.get(k)) for k in keys)]
+            retrieval = [[dataset, mode, *(fmt(vals.get(k)) for k in keys)]
                          for dataset, mode, vals in scored]
             parts_html.append("<h4>Retrieval of gold passages</h4>" + html_table(r_header, retrieval, 2))
             parts_md.append("Retrieval of gold passages:\n\n" + md_table(r_header, retrieval))
         else:
             note = "No gold passage ids in these questions (or no retrieving mode): no recall@k."
-            parts_html.append(_missing(note)[0])
-            parts_md.append(_missing(note)[1])
+            parts_html.append(missing(note)[0])
+            parts_md.append(missing(note)[1])
         if table["rows"] and table["columns"]:
             # One dataset: its column and the average are the same bars.
             keep = len(table["columns"]) if len(table["columns"]) > 2 else 1
@@ -208,7 +144,7 @@ TRAIN_CURVES = (("loss", "total loss"), ("gen_loss", "generator loss"),
 def training_section(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> Section:
     """Curves of the logged losses, rank accuracy and dev recall@k / MRR over steps."""
     if not train_rows and not eval_rows:
-        h, m = _missing("No training log (RUN/metrics.jsonl is missing or empty).")
+        h, m = missing("No training log (RUN/metrics.jsonl is missing or empty).")
         return Section("Training curves", h, m)
     figures, lines = [], []
     for key, title in TRAIN_CURVES:
@@ -216,7 +152,7 @@ def training_section(train_rows: list[dict[str, Any]], eval_rows: list[dict[str,
         if points:
             xs, ys = zip(*points, strict=True)
             figures.append(plots.line_plot({key: (xs, ys)}, title))
-            lines.append([key, len(points), _fmt(float(ys[0])), _fmt(float(ys[-1]))])
+            lines.append([key, len(points), fmt(float(ys[0])), fmt(float(ys[-1]))])
     lr_keys = sorted({k for r in train_rows for k in r if k.startswith("lr")})
     if lr_keys:
         series = {k: tuple(zip(*[(r["step"], r[k]) for r in train_rows if k in r], strict=True))
@@ -229,16 +165,16 @@ def training_section(train_rows: list[dict[str, Any]], eval_rows: list[dict[str,
         for k in retrieval_keys:
             pts = [(r["step"], r[k]) for r in eval_rows if isinstance(r.get(k), int | float)]
             series[k] = tuple(zip(*pts, strict=True))
-            lines.append([f"{eval_rows[0].get('split', 'dev')} {k}", len(pts), _fmt(float(pts[0][1])),
-                          _fmt(float(pts[-1][1]))])
+            lines.append([f"{eval_rows[0].get('split', 'dev')} {k}", len(pts), fmt(float(pts[0][1])),
+                          fmt(float(pts[-1][1]))])
         figures.append(plots.line_plot(series, "retrieval of gold passages (dev)"))
     header = ["metric", "points", "first", "last"]
     body_html = html_table(header, lines)
     body_md = md_table(header, lines)
     if not retrieval_keys:
         note = "No retrieval evaluation rows (train.eval_every = 0 or no dev gold passages)."
-        body_html += _missing(note)[0]
-        body_md += "\n\n" + _missing(note)[1]
+        body_html += missing(note)[0]
+        body_md += "\n\n" + missing(note)[1]
     return Section("Training curves", body_html, body_md, figures)
 
 
@@ -246,14 +182,14 @@ def factuality_section(evals: list[EvalResult]) -> Section:
     """UMLS-F: macro precision / recall / F1 and the distribution of per-example F1."""
     reports = [(e.split, e.factuality) for e in evals if e.factuality]
     if not reports:
-        h, m = _missing("No UMLS-F report: run `jmlr evaluate` with eval.scoring including "
+        h, m = missing("No UMLS-F report: run `jmlr evaluate` with eval.scoring including "
                         "generate and factuality.kb set (or `jmlr factuality`).")
         return Section("UMLS-F (factuality of rationales)", h, m)
     rows, figures = [], []
     for split, report in reports:
         for summary in fview.summaries(report):
-            rows.append([split, summary["group"], _fmt(summary.get("precision")),
-                         _fmt(summary.get("recall")), _fmt(summary.get("f1")), summary.get("n", "–")])
+            rows.append([split, summary["group"], fmt(summary.get("precision")),
+                         fmt(summary.get("recall")), fmt(summary.get("f1")), summary.get("n", "–")])
         by_group: dict[str, list[float]] = {}
         for ex in fview.examples(report):
             if isinstance(ex.get("f1"), int | float):
@@ -271,7 +207,7 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
     generated rationale's concepts against the reference (matched / missed / extra)."""
     preds = [p for e in evals for p in e.predictions]
     if not preds:
-        h, m = _missing("No predictions to show.")
+        h, m = missing("No predictions to show.")
         return Section("Examples", h, m)
     questions, corpus = _question_and_corpus_texts(cfg, evals)
     records: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -290,13 +226,13 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
         rows = [p for p in preds if p.dataset == dataset and p.id == qid]
         mcq = questions.get(qid)
         gold_ids = set(mcq.gold_passage_ids) if mcq else set()
-        h = [f'<div class="example"><h3>{_esc(dataset)} / {_esc(qid)}</h3>']
+        h = [f'<div class="example"><h3>{esc(dataset)} / {esc(qid)}</h3>']
         md = [f"### {dataset} / {qid}"]
         if mcq:
-            opts = "<br>".join(f"{_esc(k)}: {_esc(v)}" for k, v in mcq.options.items())
-            h.append(f"<p>{_esc(mcq.question)}</p><p>{opts}</p>")
+            opts = "<br>".join(f"{esc(k)}: {esc(v)}" for k, v in mcq.options.items())
+            h.append(f"<p>{esc(mcq.question)}</p><p>{opts}</p>")
             md.append(mcq.question + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in mcq.options.items()))
-        h.append(f"<p>Gold answer: <b>{_esc(rows[0].gold)}</b></p>")
+        h.append(f"<p>Gold answer: <b>{esc(rows[0].gold)}</b></p>")
         md.append(f"Gold answer: **{rows[0].gold}**")
         answer_rows = [[p.mode, p.scoring, p.predicted or "unparseable", "yes" if p.correct else "no"]
                        for p in rows]
@@ -306,32 +242,32 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
         for p in rows:
             if p.retrieved and p.mode not in shown_modes:
                 shown_modes.add(p.mode)
-                h.append(f"<p><b>Passages read ({_esc(p.mode)})</b></p>")
+                h.append(f"<p><b>Passages read ({esc(p.mode)})</b></p>")
                 md.append(f"Passages read ({p.mode}):")
                 for r in p.retrieved:
                     text = corpus.get(str(r["id"]), "")
                     snippet = text if len(text) <= 400 else text[:400] + "…"
                     cls = "passage gold" if str(r["id"]) in gold_ids else "passage"
-                    h.append(f'<div class="{cls}"><code>{_esc(r["id"])}</code> '
-                             f'({_fmt(r.get("score"))}) {_esc(snippet)}</div>')
-                    md.append(f"- `{r['id']}` ({_fmt(r.get('score'))}){' [gold]' if str(r['id']) in gold_ids else ''} {snippet}")
+                    h.append(f'<div class="{cls}"><code>{esc(r["id"])}</code> '
+                             f'({fmt(r.get("score"))}) {esc(snippet)}</div>')
+                    md.append(f"- `{r['id']}` ({fmt(r.get('score'))}){' [gold]' if str(r['id']) in gold_ids else ''} {snippet}")
         for p in rows:
             if p.generated is None:
                 continue
             record = records.get((p.dataset, p.mode, p.id))
             if record is not None:
-                h.append(f"<p><b>Generated ({_esc(p.mode)})</b>: "
+                h.append(f"<p><b>Generated ({esc(p.mode)})</b>: "
                          f"{fview.highlighted(record, 'generated')}</p>"
                          f"<p><b>Reference</b>: {fview.highlighted(record, 'reference')}</p>"
-                         f"<p>{_esc(fview.record_summary(record))}</p>")
+                         f"<p>{esc(fview.record_summary(record))}</p>")
                 md.append(f"Generated ({p.mode}): {record.get('generated', '')}\n\n"
                           f"Reference: {record.get('reference', '')}\n\n"
                           f"{fview.record_summary(record)}")
                 continue
-            h.append(f"<p><b>Generated ({_esc(p.mode)})</b>: {_esc(p.rationale or p.generated)}</p>")
+            h.append(f"<p><b>Generated ({esc(p.mode)})</b>: {esc(p.rationale or p.generated)}</p>")
             md.append(f"Generated ({p.mode}): {p.rationale or p.generated}")
             if p.reference_rationale:
-                h.append(f"<p><b>Reference</b>: {_esc(p.reference_rationale)}</p>")
+                h.append(f"<p><b>Reference</b>: {esc(p.reference_rationale)}</p>")
                 md.append(f"Reference: {p.reference_rationale}")
         h.append("</div>")
         html_parts.append("".join(h))
@@ -363,25 +299,6 @@ def _question_and_corpus_texts(cfg: Config, evals: list[EvalResult]) -> tuple[di
 
 # ---------------------------------------------------------------------------------------
 # The command
-
-
-def render_html(title: str, sections: list[Section]) -> str:
-    nav = " · ".join(f'<a href="#s{i}">{_esc(s.title)}</a>' for i, s in enumerate(sections))
-    body = []
-    for i, s in enumerate(sections):
-        figs = "".join(f'<img alt="{_esc(s.title)} plot" src="data:image/png;base64,{png}">'
-                       for png in s.figures)
-        body.append(f'<h2 id="s{i}">{_esc(s.title)}</h2>{s.html}'
-                    + (f'<div class="plots">{figs}</div>' if figs else ""))
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{_esc(title)}</h1><p>{nav}</p>{''.join(body)}</body></html>\n")
-
-
-def render_markdown(title: str, sections: list[Section]) -> str:
-    parts = [f"# {title}", "_Plots are in report.html._"]
-    parts += [f"## {s.title}\n\n{s.markdown}" for s in sections]
-    return "\n\n".join(parts) + "\n"
 
 
 def run_report(cfg: Config, run_dir: str | Path, n_examples: int = N_EXAMPLES) -> dict[str, str]:
