@@ -25,14 +25,13 @@ import statistics
 import torch
 
 from benchmarks import common
-
-BLOCK_ELEMENTS = 1 << 26        # as kmeans._BLOCK_ELEMENTS: the same block size for both forms
+from jmlr.retrieval.kmeans import _BLOCK_ELEMENTS, assign
 
 
 def fresh_block_assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """The replaced form: a new score block and a separate bias pass per step."""
     half_norms = 0.5 * (centroids * centroids).sum(-1)
-    chunk = max(1, BLOCK_ELEMENTS // centroids.size(0))
+    chunk = max(1, _BLOCK_ELEMENTS // centroids.size(0))   # the same blocks as assign's
     out = torch.empty(points.size(0), dtype=torch.long)
     for start in range(0, points.size(0), chunk):
         out[start:start + chunk] = (points[start:start + chunk] @ centroids.T - half_norms).argmax(-1)
@@ -49,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("index_kernels: a CPU figure (on a GPU colbert-ai's own path is kept)")
     from jmlr.retrieval import colbert as cb
     from jmlr.retrieval.indexer import _Codec
-    from jmlr.retrieval.kmeans import assign
 
     n = args.vectors or (20_000 if args.quick else 50_000)
     k = args.centroids or (8_192 if args.quick else 32_768)

@@ -44,6 +44,8 @@ from benchmarks.step_setup import (
 PHASES = ("retriever_scoring", "encode", "per_passage_losses", "rank_loss", "generator_forward",
           "backward", "optimizer_step", "other")
 EQUALITY_TOLERANCE = 1e-5
+
+
 @contextlib.contextmanager
 def timed_objective(timer: common.PhaseTimer) -> Iterator[None]:
     """Time the utility and generator-loss calls that ``joint_step`` makes (module attributes
@@ -78,10 +80,10 @@ class Bench:
                                        ("n_candidates", args.candidates),
                                        ("passage_tokens", args.passage_tokens)) if v}
         self.spec = dataclasses.replace(spec, **overrides)
-        overrides = {"retriever.query_maxlen": 128}
+        settings: dict[str, Any] = {"retriever.query_maxlen": 128}
         if args.gradient_checkpointing != "config":
-            overrides["generator.gradient_checkpointing"] = args.gradient_checkpointing == "on"
-        self.cfg = load_settings(self.spec, overrides)
+            settings["generator.gradient_checkpointing"] = args.gradient_checkpointing == "on"
+        self.cfg = load_settings(self.spec, settings)
         self.device = device
         started = time.perf_counter()
         self.model, self.tokenizer, self.scorer = load_models(self.cfg, self.spec, device,

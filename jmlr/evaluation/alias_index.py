@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,8 @@ def load_index(folder: Path) -> tuple[list[str], TfidfVectorizer, Any]:
     return aliases, vectorizer, index
 
 
-def cached_index_dir(kb_path: Path, aliases: list[str], cache_dir: str | Path) -> tuple[Path, bool]:
+def cached_index_dir(kb_path: Path, aliases: Collection[str],
+                     cache_dir: str | Path) -> tuple[Path, bool]:
     """The index folder for this KB under ``cache_dir/kb/``, built first if absent (in a
     temporary folder renamed into place, so a half-built index is never used).
     Returns (folder, whether it was built now)."""
@@ -106,7 +108,7 @@ def cached_index_dir(kb_path: Path, aliases: list[str], cache_dir: str | Path) -
     try:
         log.info("building the KB index for %s (%d aliases) in %s",
                  kb_path, len(aliases), folder)
-        build_index(aliases, tmp)
+        build_index(sorted(aliases), tmp)
         if folder.exists() and not (folder / "recipe.json").is_file():
             shutil.rmtree(folder)        # left by something that was not build_index
         try:

@@ -213,7 +213,8 @@ class ConceptExtractor:
         self.cfg = fact_cfg
         self.kb = load_kb(self.kb_path)
         start = time.perf_counter()
-        self.index_dir, self.index_built = cached_index_dir(self.kb_path, sorted(self.kb.alias_to_cuis), cache_dir)
+        kb_aliases = self.kb.alias_to_cuis.keys()
+        self.index_dir, self.index_built = cached_index_dir(self.kb_path, kb_aliases, cache_dir)
         aliases, vectorizer, ann_index = load_index(self.index_dir)
         self.index_seconds = time.perf_counter() - start
         generator = MemoCandidateGenerator(ann_index=ann_index, tfidf_vectorizer=vectorizer,
