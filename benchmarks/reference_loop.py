@@ -1,7 +1,7 @@
 """The JMLR step with the loop structure of the authors' training code, for comparison.
 
 Same math as :func:`jmlr.training.objective.joint_step`, same models, same prompt encoder,
-but organised as the authors' code organises it (METHOD.md, "Mistakes in the authors' code"):
+but organised as the authors' code organises it (docs/METHOD.md, "Where this implementation differs"):
 
 - batch size 1: one question per step;
 - the utility of each drawn passage comes from its own no-grad forward, ONE AT A TIME in a
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from jmlr.data.schema import MCQ
 
 IGNORE_INDEX = -100           # what Hugging Face losses skip
-TIE_TOLERANCE = 1e-6          # as pairwise_rank_loss: utilities closer than this are a tie
 
 PhaseFn = Callable[[str], Any]
 """``phase(name)`` → a context manager timing one region (``benchmarks.common.PhaseTimer``)."""
@@ -92,9 +91,11 @@ def reference_utilities(model: nn.Module, encode_fn: EncodeFn, question: MCQ,
     return torch.stack(losses), tokens
 
 
-def reference_rank_loss(scores: Tensor, utilities: Tensor) -> tuple[Tensor, int]:
+def reference_rank_loss(scores: Tensor, utilities: Tensor,
+                        tie_tolerance: float = 1e-6) -> tuple[Tensor, int]:
     """The pairwise rank loss as a Python double loop: ``scores[k]`` (with gradient),
-    ``utilities[k]`` → (mean BCE over the pairs used, pairs used).
+    ``utilities[k]`` → (mean BCE over the pairs used, pairs used). Pairs whose utilities
+    differ by at most ``tie_tolerance`` are ties, left out (as ``pairwise_rank_loss``).
 
     >>> loss, n = reference_rank_loss(torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.5, 0.9, 0.5]))
     >>> n, round(loss.item(), 6)
@@ -106,13 +107,23 @@ def reference_rank_loss(scores: Tensor, utilities: Tensor) -> tuple[Tensor, int]
     for a in range(len(values)):
         for b in range(a + 1, len(values)):
             gap = values[a] - values[b]
-            if abs(gap) <= TIE_TOLERANCE:
+            if abs(gap) <= tie_tolerance:
                 continue
             target = torch.tensor(1.0 if gap < 0 else 0.0, device=scores.device)
             margin = (scores[a] - scores[b]).float()
             total = total + F.binary_cross_entropy_with_logits(margin, target)
             n_pairs += 1
     return total / max(n_pairs, 1), n_pairs
+
+
+def pairwise_tie_tolerance(cfg: JMLRConfig) -> float:
+    """The configured pairwise objective's tie tolerance: the reference computes the same
+    loss as ours only for the pairwise objective, with the same ties left out."""
+    if cfg.objective.name != "pairwise":
+        raise ValueError(f"the reference loop implements the pairwise rank loss, not "
+                         f"{cfg.objective.name!r}: set jmlr.objective=pairwise")
+    params = cfg.objective.params
+    return params.tie_tolerance if params is not None else 1e-6
 
 
 def reference_step(question: MCQ, candidates: Sequence[str], *, score_fn: ScoreFn,
@@ -131,7 +142,8 @@ def reference_step(question: MCQ, candidates: Sequence[str], *, score_fn: ScoreF
     utilities, util_tokens = reference_utilities(
         model, encode_fn, question, [texts[j] for j in sampled.tolist()], "utility_mask", phase)
     with phase("rank_loss"):
-        rank_loss, n_pairs = reference_rank_loss(scores[sampled.to(scores.device)], utilities)
+        rank_loss, n_pairs = reference_rank_loss(scores[sampled.to(scores.device)], utilities,
+                                                 pairwise_tie_tolerance(cfg))
 
     read = torch.sort(scores.detach(), descending=True, stable=True).indices[:cfg.r_read].cpu()
     with phase("encode"):

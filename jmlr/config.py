@@ -1,31 +1,53 @@
 """One config for every command: a dataclass per section, YAML files, dotted overrides.
 
-Defaults are the paper's settings (METHOD.md); configs/*.yaml change only what differs.
+Defaults are the paper's settings (docs/METHOD.md); configs/*.yaml change only what differs.
 Any key can be overridden on the command line as ``section.key=value`` (the value is read as
 YAML, so ``train.lr=2e-5``, ``eval.modes=[none,trained]`` and ``jmlr.train_retriever=false``
 all work). Validation happens at load and names the offending key.
 
->>> cfg = load_config(None, ["jmlr.k_sample=4", "train.generator_lr=1e-4"])
->>> cfg.jmlr.k_sample, cfg.train.generator_lr, cfg.jmlr.r_read
-(4, 0.0001, 7)
+Keys may go deeper than ``section.key`` where a value has parts of its own: a rank objective
+with its parameters (``jmlr.objective.tie_tolerance=0.2``), an entry of a mapping
+(``eval.datasets.medqa=path``). Names that a registry knows (question formats, rank
+objectives, retriever backends, training steps) are checked against that registry.
+
+>>> cfg = load_config(None, ["jmlr.k_sample=4", "train.generator_lr=1e-4", "jmlr.objective=listwise"])
+>>> cfg.jmlr.k_sample, cfg.train.generator_lr, cfg.jmlr.r_read, cfg.jmlr.objective.name
+(4, 0.0001, 7, 'listwise')
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from jmlr.config_fields import (
+    Component,
+    apply_mapping,
+    apply_path,
+    make_component,
+    to_plain,
+    validate_tree,
+)
 from jmlr.errors import ConfigError
 
 
 def _choices(*values: str) -> dict[str, Any]:
     return {"choices": values}
+
+
+def _registered(kind: str, *also: str) -> dict[str, Any]:
+    """A name that the registry of ``kind`` knows (or one of ``also``)."""
+    return {"registry": kind, "also": also}
+
+
+def _require(rules: list[tuple[bool, str]]) -> None:
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
 
 
 @dataclass
@@ -42,18 +64,32 @@ class DataConfig:
     train: str = ""                         # question files; any supported format
     dev: str = ""
     test: str = ""
-    format: str = field(default="auto", metadata=_choices(
-        "auto", "jmlr", "medqa", "medmcqa", "mmlu", "mmlu_csv", "jmlr_ref"))
+    # A registered question format (jmlr.data.formats), or "auto" to detect it per file.
+    format: str = field(default="auto", metadata=_registered("question format", "auto"))
+    # Options of the formats that take some, by format name, e.g. {medmcqa: {one_based: true}}
+    # (MedMCQA's hub release numbers answers from 0).
+    format_options: dict[str, Any] = field(default_factory=dict)
     corpus_format: str = field(default="auto", metadata=_choices("auto", "jsonl", "tsv", "parquet"))
-    medmcqa_one_based: bool = False         # the hub's json release is 0-based
     chunk_words: int = 0                    # 0 keeps passages whole
     chunk_overlap: int = 0
     dedup: bool = True                      # drop exact-duplicate passage texts
     filter_self_matches: bool = True        # drop a train question's own text/rationale
 
+    def validate(self, key: str) -> None:
+        for name, values in self.format_options.items():
+            self.format_options[name] = make_component(
+                "question format", {"name": name, **(values or {})}, f"{key}.format_options.{name}")
+        _require([
+            (self.chunk_words >= 0 and self.chunk_overlap >= 0,
+             "data.chunk_words and data.chunk_overlap must be >= 0"),
+            (self.chunk_words == 0 or self.chunk_overlap < self.chunk_words,
+             "data.chunk_overlap must be smaller than data.chunk_words"),
+        ])
+
 
 @dataclass
 class RetrieverConfig:
+    backend: str = field(default="colbert", metadata=_registered("retriever backend"))
     # A ColBERT checkpoint folder, or a plain HF BERT-family encoder folder (converted once),
     # or "pkg:<package>/<subpath>" for a model that an installed package carries.
     checkpoint: str = ""
@@ -65,6 +101,9 @@ class RetrieverConfig:
     index_dir: str = ""                     # default: <run.out_dir>/index
     batch_size: int = 64                    # encoding batch for indexing and mining
 
+    def validate(self, key: str) -> None:
+        _require([(self.nbits in (1, 2, 4, 8), "retriever.nbits must be 1, 2, 4 or 8")])
+
 
 @dataclass
 class CandidatesConfig:
@@ -72,6 +111,9 @@ class CandidatesConfig:
     path: str = ""                          # default: <run.out_dir>/candidates
     refresh_every: int = 0                  # re-search with the current query encoder every R steps (0: never)
     reindex_every: int = 0                  # full re-index with the current checkpoint (0: never)
+
+    def validate(self, key: str) -> None:
+        _require([(self.top_n >= 1, "candidates.top_n must be >= 1")])
 
 
 @dataclass
@@ -94,6 +136,13 @@ class GeneratorConfig:
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
 
+    def validate(self, key: str) -> None:
+        _require([
+            (0 < self.s2_group_ratio <= 1, "generator.s2_group_ratio must be in (0, 1]"),
+            (self.rope_scaling_factor >= 1, "generator.rope_scaling_factor must be >= 1"),
+            (self.lora_r >= 0, "generator.lora_r must be >= 0 (0: no LoRA, full fine-tune)"),
+        ])
+
 
 @dataclass
 class JMLRConfig:
@@ -101,12 +150,11 @@ class JMLRConfig:
     r_read: int = 7                         # top passages by score that the generator reads
     tau: float = 1.0                        # sampling temperature of softmax(s / tau)
     score_norm: str = field(default="minmax", metadata=_choices("minmax", "none"))
-    objective: str = field(default="pairwise", metadata=_choices("pairwise", "listwise"))
+    # The retriever's loss: a registered rank objective (jmlr.training.rank_objectives) with
+    # its own parameters, e.g. {name: pairwise, tie_tolerance: 0.2}.
+    objective: Component = field(default_factory=lambda: Component("pairwise"),
+                                 metadata=_registered("rank objective"))
     lambda_rank: float = 1.0
-    # Pairs whose utilities differ by at most this many nats are ties, left out of the rank
-    # loss: the LLM cannot tell those passages apart, and ordering them trains on noise.
-    tie_tolerance: float = 1e-6
-    listwise_beta: float = 1.0              # temperature of softmax(-loss / beta) in listwise KL
     target: str = field(default="letter_text", metadata=_choices(
         "letter", "letter_text", "letter_text_rationale"))
     utility_span: str = field(default="option_text", metadata=_choices(
@@ -118,9 +166,22 @@ class JMLRConfig:
     # paid in full, so buckets of ~1-2k tokens save the time that varied passage lengths waste.
     utility_tokens_per_forward: int = 0
 
+    def validate(self, key: str) -> None:
+        _require([
+            (self.k_sample >= 2, "jmlr.k_sample must be at least 2 (the rank loss needs pairs)"),
+            (self.r_read >= 0, "jmlr.r_read must be >= 0"),
+            (self.tau > 0, "jmlr.tau must be > 0"),
+            (self.lambda_rank >= 0, "jmlr.lambda_rank must be >= 0"),
+            (self.utility_tokens_per_forward >= 0,
+             "jmlr.utility_tokens_per_forward must be >= 0 (0: one forward)"),
+        ])
+
 
 @dataclass
 class TrainConfig:
+    # The kind of training: a registered step (jmlr.training.steps); "joint" is JMLR (and,
+    # with jmlr.train_retriever=false, the frozen-retriever baseline).
+    step: str = field(default="joint", metadata=_registered("training step"))
     generator_lr: float = 2e-5
     retriever_lr: float = 3e-6
     weight_decay: float = 0.0
@@ -141,6 +202,17 @@ class TrainConfig:
     eval_every: int = 0
     merge_on_export: bool = False           # also write merged generator weights
 
+    def validate(self, key: str) -> None:
+        _require([
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (self.generator_lr >= 0 and self.retriever_lr >= 0, "learning rates must be >= 0"),
+            (self.eval_every >= -1, "train.eval_every must be >= -1 (-1: no dev evaluation)"),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.save_every >= 0, "train.save_every must be >= 0 (0: only at the end)"),
+            (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)"),
+        ])
+
 
 @dataclass
 class EvalConfig:
@@ -160,6 +232,16 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     limit: int = 0                          # evaluate only the first N questions (0: all)
 
+    def validate(self, key: str) -> None:
+        rules = []
+        for mode in [*self.modes, *self.generate_modes]:
+            rules.append((mode in ("none", "frozen", "trained"),
+                          f"eval.modes: {mode!r} is not one of none, frozen, trained"))
+        for scoring in self.scoring:
+            rules.append((scoring in ("letter", "option_text", "generate"),
+                          f"eval.scoring: {scoring!r} is not one of letter, option_text, generate"))
+        _require(rules)
+
 
 @dataclass
 class FactualityConfig:
@@ -171,6 +253,14 @@ class FactualityConfig:
     semantic_types: list[str] = field(default_factory=list)  # keep only these TUIs (empty: all)
     filter_for_definitions: bool = True     # scispaCy's default: concepts without a definition
     no_definition_threshold: float = 0.95   # link only above this score
+
+    def validate(self, key: str) -> None:
+        _require([
+            (0 <= self.threshold <= 1, "factuality.threshold must be in [0, 1]"),
+            (self.max_entities_per_mention >= 1, "factuality.max_entities_per_mention must be >= 1"),
+            (0 <= self.no_definition_threshold <= 1,
+             "factuality.no_definition_threshold must be in [0, 1]"),
+        ])
 
 
 @dataclass
@@ -184,6 +274,22 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     factuality: FactualityConfig = field(default_factory=FactualityConfig)
+    # Sections that plug-in stages and steps register (jmlr.registry.CONFIG_SECTIONS), by name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Registered sections read like built-in ones: cfg.synthesize
+        extra = self.__dict__.get("extra") or {}
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
+
+    def validate(self) -> None:
+        """Checks across sections (each section checks its own values)."""
+        _require([
+            (self.jmlr.k_sample <= self.candidates.top_n, "jmlr.k_sample cannot exceed candidates.top_n"),
+            (self.jmlr.r_read <= self.candidates.top_n, "jmlr.r_read cannot exceed candidates.top_n"),
+        ])
 
     # Paths derived from run.out_dir when not set explicitly.
     @property
@@ -195,7 +301,10 @@ class Config:
         return Path(self.candidates.path or Path(self.run.out_dir) / "candidates")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        plain = {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                 if f.name != "extra"}
+        plain.update({name: to_plain(section) for name, section in self.extra.items()})
+        return plain
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -211,119 +320,21 @@ class Config:
 # Loading, overriding, validating
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a YAML value to the field's declared type, or raise ConfigError."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(v, item, key) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        _, item = typing.get_args(hint)
-        return {str(k): _coerce(v, item, key) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if hint is str:
-        if value is None:
-            return ""
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key '{key}': expected text, got {value!r}")
-    raise ConfigError(f"config key '{key}': unsupported type {hint}")
-
-
-def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
-    hints = typing.get_type_hints(type(section))
-    known = {f.name: f for f in dataclasses.fields(section)}
-    for key, value in values.items():
-        dotted = f"{prefix}.{key}"
-        if key not in known:
-            raise ConfigError(
-                f"unknown config key '{dotted}' (known in '{prefix}': {', '.join(known)})")
-        choices = known[key].metadata.get("choices")
-        coerced = _coerce(value, hints[key], dotted)
-        if choices and coerced not in choices:
-            raise ConfigError(
-                f"config key '{dotted}': {coerced!r} is not one of {', '.join(choices)}")
-        setattr(section, key, coerced)
-
-
-def _check_ranges(cfg: Config) -> None:
-    """Cross-field and range checks that types alone cannot express."""
-    rules: list[tuple[bool, str]] = [
-        (cfg.jmlr.k_sample >= 2, "jmlr.k_sample must be at least 2 (the rank loss needs pairs)"),
-        (cfg.jmlr.r_read >= 0, "jmlr.r_read must be >= 0"),
-        (cfg.jmlr.k_sample <= cfg.candidates.top_n,
-         "jmlr.k_sample cannot exceed candidates.top_n"),
-        (cfg.jmlr.r_read <= cfg.candidates.top_n, "jmlr.r_read cannot exceed candidates.top_n"),
-        (cfg.jmlr.tau > 0, "jmlr.tau must be > 0"),
-        (cfg.jmlr.listwise_beta > 0, "jmlr.listwise_beta must be > 0"),
-        (cfg.jmlr.lambda_rank >= 0, "jmlr.lambda_rank must be >= 0"),
-        (cfg.jmlr.tie_tolerance >= 0, "jmlr.tie_tolerance must be >= 0"),
-        (cfg.train.eval_every >= -1, "train.eval_every must be >= -1 (-1: no dev evaluation)"),
-        (cfg.jmlr.utility_tokens_per_forward >= 0,
-         "jmlr.utility_tokens_per_forward must be >= 0 (0: one forward)"),
-        (cfg.candidates.top_n >= 1, "candidates.top_n must be >= 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
-        (cfg.train.generator_lr >= 0 and cfg.train.retriever_lr >= 0, "learning rates must be >= 0"),
-        (0 < cfg.generator.s2_group_ratio <= 1, "generator.s2_group_ratio must be in (0, 1]"),
-        (cfg.generator.rope_scaling_factor >= 1, "generator.rope_scaling_factor must be >= 1"),
-        (cfg.generator.lora_r >= 0, "generator.lora_r must be >= 0 (0: no LoRA, full fine-tune)"),
-        (cfg.retriever.nbits in (1, 2, 4, 8), "retriever.nbits must be 1, 2, 4 or 8"),
-        (0 <= cfg.factuality.threshold <= 1, "factuality.threshold must be in [0, 1]"),
-        (cfg.data.chunk_words >= 0 and cfg.data.chunk_overlap >= 0,
-         "data.chunk_words and data.chunk_overlap must be >= 0"),
-        (cfg.data.chunk_words == 0 or cfg.data.chunk_overlap < cfg.data.chunk_words,
-         "data.chunk_overlap must be smaller than data.chunk_words"),
-    ]
-    for mode in [*cfg.eval.modes, *cfg.eval.generate_modes]:
-        rules.append((mode in ("none", "frozen", "trained"),
-                      f"eval.modes: {mode!r} is not one of none, frozen, trained"))
-    for scoring in cfg.eval.scoring:
-        rules.append((scoring in ("letter", "option_text", "generate"),
-                      f"eval.scoring: {scoring!r} is not one of letter, option_text, generate"))
-    for ok, message in rules:
-        if not ok:
-            raise ConfigError(message)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``section.key=value`` into its key path and YAML-parsed value.
+    """Split ``section.key[.sub...]=value`` into its key path and YAML-parsed value.
 
     >>> parse_override("train.generator_lr=2e-5")
     (['train', 'generator_lr'], '2e-5')
     >>> parse_override("eval.modes=[none, trained]")
     (['eval', 'modes'], ['none', 'trained'])
+    >>> parse_override("jmlr.objective.tie_tolerance=0.2")
+    (['jmlr', 'objective', 'tie_tolerance'], 0.2)
     """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override key {key!r} must look like section.key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -332,33 +343,52 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _sections(cfg: Config) -> dict[str, Any]:
+    """Every section by name: the built-in ones and the registered ones (created here)."""
+    from jmlr.registry import CONFIG_SECTIONS
+
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "extra"}
+    for name, section_type in CONFIG_SECTIONS.items():
+        if name in sections:
+            raise ConfigError(f"a registered config section is named {name!r}, like a built-in one")
+        sections[name] = cfg.extra.setdefault(name, section_type())
+    return sections
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file, then ``section.key=value`` overrides; validated."""
+    """Defaults, then the YAML file, then ``section.key=value`` overrides; every value and
+    every cross-section rule checked here, before any model or data is read."""
     cfg = Config()
-    sections = {f.name for f in dataclasses.fields(cfg)}
+    sections = _sections(cfg)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        for name, values in raw.items():
+        for name, values in _read_yaml(path).items():
             if name not in sections:
                 raise ConfigError(
                     f"{path}: unknown config section '{name}' (known: {', '.join(sorted(sections))})")
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: section '{name}' must be a mapping")
-            _apply(getattr(cfg, name), values, name)
+            apply_mapping(sections[name], values, name)
     for text in overrides or []:
-        (name, key), value = parse_override(text)
-        if name not in sections:
+        parts, value = parse_override(text)
+        if parts[0] not in sections:
             raise ConfigError(
-                f"unknown config section '{name}' in override {text!r} "
+                f"unknown config section '{parts[0]}' in override {text!r} "
                 f"(known: {', '.join(sorted(sections))})")
-        _apply(getattr(cfg, name), {key: value}, name)
-    _check_ranges(cfg)
+        apply_path(sections[parts[0]], parts[1:], value, parts[0])
+    for name, section in sections.items():
+        validate_tree(section, name)
+    cfg.validate()
     return cfg

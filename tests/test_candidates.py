@@ -16,6 +16,7 @@ from tiny_retrieval import REPO, SELF_MATCH_PASSAGE, tiny_task
 from jmlr.data.schema import MCQ, Candidates, read_candidates
 from jmlr.errors import ConfigError, DataError
 from jmlr.retrieval import candidates as cd
+from jmlr.retrieval import colbert_backend as cb
 from jmlr.retrieval.mining import mining_identity, partial_path
 from jmlr.retrieval.scorer import TrainableScorer
 
@@ -73,7 +74,7 @@ def test_mine_writes_top_n_per_question_and_filters_train_self_matches(task, cfg
     assert self_passage not in _rows(cfg.candidates_dir / "train.jsonl")["q_self"].passage_ids
     # Unfiltered, the question's own text is what it retrieves first.
     q_self = next(q for q in task.train if q.id == "q_self")
-    assert cd.search_questions(cfg, [q_self])["q_self"].passage_ids[0] == self_passage
+    assert cb.search_questions(cfg, [q_self])["q_self"].passage_ids[0] == self_passage
     assert "recall@1" in out and "recall@8" in out and "mrr" in out
     assert "p50" in out and "p95" in out and "passages/s" in out
     metrics = summary["splits"]["dev"]["metrics"]
@@ -90,8 +91,8 @@ def test_mining_resumes_from_a_partial_file(task, cfg):
     first, second = task.dev[0].id, task.dev[1].id
     marked = {qid: Candidates(qid, complete[qid].passage_ids, [99.0 - i for i in range(8)])
               for qid in (first, second)}
-    index = cd._open_index(cfg)
-    identity = mining_identity(index.searcher.manifest, index.searcher.checkpoint, 8, False)
+    index = cb._open_index(cfg)
+    identity = mining_identity(index.manifest, index.checkpoint, 8, False)
     (cfg.candidates_dir / "dev.partial.json").write_text(json.dumps(identity))
     lines = [json.dumps(marked[q].to_json()) + "\n" for q in (first, second)]
     partial = partial_path(cfg.candidates_dir, "dev", 0, 1)
@@ -129,19 +130,19 @@ def test_mining_needs_a_question_file_and_an_index(task, cfg, tmp_path):
 def test_refresh_searches_with_the_current_query_encoder(task, cfg):
     checkpoint = Path(task.manifest["checkpoint"]["path"])
     scorer = TrainableScorer.from_checkpoint(checkpoint, 32, 48).train()
-    mined = cd.search_questions(cfg, task.dev)
-    refreshed = cd.refresh_candidates(cfg, scorer, task.dev)
+    mined = cb.search_questions(cfg, task.dev)
+    refreshed = cb.refresh_candidates(cfg, scorer, task.dev)
     for q in task.dev:   # same encoder as the index: same candidates, same scores
         assert refreshed[q.id].passage_ids == mined[q.id].passage_ids
         assert refreshed[q.id].scores == pytest.approx(mined[q.id].scores, abs=1e-4)
     with torch.no_grad():
         scorer.colbert.linear.weight.add_(torch.randn_like(scorer.colbert.linear.weight))
-    changed = cd.refresh_candidates(cfg, scorer, task.dev)
+    changed = cb.refresh_candidates(cfg, scorer, task.dev)
     assert any(changed[q.id].scores != refreshed[q.id].scores for q in task.dev)
     assert scorer.training   # the scorer is left in the mode it was in
     # Training questions drop their self-matches when refreshed.
     q_self = next(q for q in task.train if q.id == "q_self")
-    kept = cd.refresh_candidates(cfg, scorer, [q_self])["q_self"].passage_ids
+    kept = cb.refresh_candidates(cfg, scorer, [q_self])["q_self"].passage_ids
     assert task.passages[SELF_MATCH_PASSAGE].id not in kept and len(kept) == 8
 
 
@@ -154,14 +155,14 @@ def test_reindex_builds_with_the_current_weights(task, tmp_path):
     scorer = TrainableScorer.from_checkpoint(checkpoint, 32, 48)
     with torch.no_grad():
         scorer.colbert.linear.weight.mul_(-1.0)
-    manifest = cd.reindex(cfg, scorer)
+    manifest = cb.reindex(cfg, scorer)
     saved = Path(manifest["checkpoint"]["path"])
     assert saved.parent == tmp_path / "run" / "index-checkpoints" and saved.is_dir()
     reloaded = TrainableScorer.from_checkpoint(saved, 32, 48)
     assert torch.equal(reloaded.colbert.linear.weight, scorer.colbert.linear.weight)
-    found = cd.search_questions(cfg, task.dev)
+    found = cb.search_questions(cfg, task.dev)
     assert all(len(c.passage_ids) == 8 for c in found.values())
-    again = cd.reindex(cfg, scorer)     # replaces the index; the store keeps one checkpoint
+    again = cb.reindex(cfg, scorer)     # replaces the index; the store keeps one checkpoint
     assert again["build_id"] != manifest["build_id"]
     assert len(list(saved.parent.iterdir())) == 1
 

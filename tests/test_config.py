@@ -1,3 +1,4 @@
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,16 @@ def test_overrides_are_typed(tmp_path):
     ("train.lrr=1", "unknown config key 'train.lrr'"),
     ("nosuch.key=1", "unknown config section 'nosuch'"),
     ("train.max_steps=abc", "'train.max_steps': expected an integer"),
-    ("jmlr.objective=ranknet", "'jmlr.objective': 'ranknet' is not one of pairwise, listwise"),
+    ("jmlr.objective=ranknet", "'jmlr.objective': unknown rank objective 'ranknet' (known: pairwise, listwise"),
+    ("jmlr.objective.beta=2", "unknown config key 'jmlr.objective.beta' (known in 'jmlr.objective': tie_tolerance)"),
+    ("jmlr.objective.tie_tolerance=-1", "jmlr.objective.tie_tolerance must be >= 0"),
+    ("train.step=dpo9", "'train.step': 'dpo9' is not a known training step (known: joint"),
+    ("data.format=medqb", "'data.format': 'medqb' is not a known question format (known: auto, "),
+    ("data.format_options.medmcqa.zero=1", "unknown config key 'data.format_options.medmcqa.zero'"),
+    ("data.format_options.medmcqa.one_based=maybe", "'data.format_options.medmcqa.one_based': expected true or false"),
+    ("retriever.backend=faiss", "is not a known retriever backend (known: colbert"),
+    ("train.log_every=0", "train.log_every must be >= 1"),
+    ("factuality.max_entities_per_mention=0", "factuality.max_entities_per_mention must be >= 1"),
     ("jmlr.train_retriever=maybe", "expected true or false"),
     ("jmlr.k_sample=1", "k_sample must be at least 2"),
     ("jmlr.k_sample=40", "cannot exceed candidates.top_n"),
@@ -62,10 +72,58 @@ def test_bad_file_names_the_file(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(None, ["jmlr.tau=0.5", "eval.datasets={medqa: q.jsonl}"])
+    cfg = load_config(None, ["jmlr.tau=0.5", "eval.datasets={medqa: q.jsonl}",
+                             "jmlr.objective={name: listwise, beta: 0.5}",
+                             "data.format_options.medmcqa.one_based=true"])
     cfg.save(tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
+    assert again.jmlr.objective.params.beta == 0.5 and again.jmlr.objective.params.tau == 1.0
+
+
+def test_component_keys_go_one_level_deeper():
+    cfg = load_config(None, ["jmlr.objective.tie_tolerance=0.25"])
+    assert (cfg.jmlr.objective.name, cfg.jmlr.objective.params.tie_tolerance) == ("pairwise", 0.25)
+    # a name alone gives that entry's defaults, whatever the previous entry's parameters were
+    cfg = load_config(None, ["jmlr.objective.tie_tolerance=0.25", "jmlr.objective=listwise"])
+    assert (cfg.jmlr.objective.name, cfg.jmlr.objective.params.beta) == ("listwise", 1.0)
+    cfg = load_config(None, ["eval.datasets.medqa=q.jsonl", "eval.datasets.mmlu=m.jsonl"])
+    assert cfg.eval.datasets == {"medqa": "q.jsonl", "mmlu": "m.jsonl"}
+
+
+@dataclass
+class _Expert:
+    path: str = ""
+    weight: float = 1.0
+
+    def validate(self, key: str) -> None:
+        if self.weight <= 0:
+            raise ConfigError(f"{key}.weight must be > 0")
+
+
+@dataclass
+class _MergeSection:
+    method: str = "linear"
+    models: list[_Expert] = field(default_factory=list)
+
+
+def test_registered_sections_take_nested_records_checked_at_load(tmp_path):
+    from jmlr.registry import CONFIG_SECTIONS
+
+    CONFIG_SECTIONS.register("toymerge", _MergeSection)
+    try:
+        path = tmp_path / "merge.yaml"
+        path.write_text("toymerge:\n  models:\n    - {path: a, weight: 0.3}\n    - {path: b}\n")
+        cfg = load_config(path, ["toymerge.models.1.weight=0.7"])
+        assert [(m.path, m.weight) for m in cfg.toymerge.models] == [("a", 0.3), ("b", 0.7)]
+        assert cfg.to_dict()["toymerge"]["models"][1] == {"path": "b", "weight": 0.7}
+        with pytest.raises(ConfigError, match="toymerge.models.0.weight must be > 0"):
+            load_config(path, ["toymerge.models.0.weight=0"])
+        with pytest.raises(ConfigError, match="unknown config key 'toymerge.models.0.wieght'"):
+            path.write_text("toymerge:\n  models:\n    - {path: a, wieght: 0.3}\n")
+            load_config(path)
+    finally:
+        CONFIG_SECTIONS.unregister("toymerge")
 
 
 def test_cli_reports_config_errors_with_exit_2(run_cli, tmp_path):

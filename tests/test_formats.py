@@ -84,7 +84,7 @@ def test_medmcqa_zero_and_one_based(tmp_path: Path) -> None:
     assert questions[1].rationale is None
     assert questions[0].metadata["subject"] == "Anatomy"
     assert questions[0].metadata["topic"] == "Upper limb"
-    one_based = load_questions(path, medmcqa_one_based=True)
+    one_based = load_questions(path, format_options={"medmcqa": {"one_based": True}})
     assert [q.answer for q in one_based] == ["A", "C"]
 
 

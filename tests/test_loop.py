@@ -114,11 +114,11 @@ def test_optimizer_groups_hold_exactly_the_intended_parameters(task, tmp_path):
         assert all(n.endswith("weight") and "LayerNorm" not in n and "embeddings" not in n
                    for n in ret_decay)
         assert any("LayerNorm" in n for n in ret_plain) and any(n.endswith("bias") for n in ret_plain)
-        model = recipe._unwrapped()
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        models = recipe.unwrapped_models()
+        trainable = {id(p) for m in models.values() for p in m.parameters() if p.requires_grad}
         grouped = [id(p) for g in recipe.groups for p in g.params]
         assert len(grouped) == len(set(grouped)) and set(grouped) == trainable
-        frozen = [n for n, p in model.generator.named_parameters() if not p.requires_grad]
+        frozen = [n for n, p in models["generator"].named_parameters() if not p.requires_grad]
         assert any("q_proj.base_layer.weight" in n for n in frozen)     # base weights stay frozen
     finally:
         recipe.accelerator.end_training()

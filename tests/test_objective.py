@@ -15,16 +15,22 @@ from tiny_models import VOCAB, tiny_llama
 from torch import nn
 
 from jmlr.config import JMLRConfig
+from jmlr.config_fields import Component
 from jmlr.data.schema import MCQ
 from jmlr.training.objective import (
     joint_step,
-    listwise_kl_loss,
     normalize_scores,
-    pairwise_rank_loss,
     prompt_encoder,
     sample_passages,
     select_reading_passages,
 )
+from jmlr.training.rank_objectives import (
+    ListwiseParams,
+    PairwiseParams,
+    listwise_kl_loss,
+    pairwise_rank_loss,
+)
+from jmlr.training.stats import finalize
 from jmlr.training.token_losses import generator_loss, passage_utilities
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +230,12 @@ PASSAGES = [
 ]
 
 
-def run_step(scorer, model, seed: int = 0, **cfg):
+def run_step(scorer, model, seed: int = 0, tie_tolerance: float | None = None,
+             listwise_beta: float | None = None, **cfg):
+    if tie_tolerance is not None:
+        cfg["objective"] = Component("pairwise", PairwiseParams(tie_tolerance=tie_tolerance))
+    if listwise_beta is not None:
+        cfg["objective"] = Component("listwise", ListwiseParams(beta=listwise_beta))
     config = JMLRConfig(k_sample=4, r_read=2, **cfg)
     return joint_step(QUESTIONS, PASSAGES, score_fn=scorer.score, model=model,
                       encode_fn=encode_words, cfg=config,
@@ -240,7 +251,8 @@ def test_joint_step_shapes_values_and_consistency_for_batch_two():
     out = run_step(scorer, model)
     assert out.scores.shape == (2, 6) and out.sampled.shape == (2, 4) and out.read.shape == (2, 2)
     assert out.utilities.shape == (2, 4) and not out.utilities.requires_grad
-    assert out.n_pairs == 12 and 0.0 <= out.rank_accuracy <= 1.0
+    stats = finalize(out.rank_stats)
+    assert stats["n_pairs"] == 12 and 0.0 <= stats["rank_accuracy"] <= 1.0
     assert torch.equal(out.read, select_reading_passages(out.scores, 2))
     # the utilities are the losses of each sampled passage alone with its question
     texts = [[PASSAGES[b][j]] for b in range(2) for j in out.sampled[b].tolist()]
@@ -287,7 +299,8 @@ def test_the_configured_tie_tolerance_leaves_out_pairs_the_llm_cannot_tell_apart
     tolerance = float(gaps[:, first, second].flatten().median())
     wide = run_step(scorer, model, tie_tolerance=tolerance)
     assert torch.equal(wide.sampled, out.sampled)
-    assert wide.n_pairs == int((gaps[:, first, second] > tolerance).sum()) < out.n_pairs
+    n_pairs = finalize(out.rank_stats)["n_pairs"]
+    assert finalize(wide.rank_stats)["n_pairs"] == int((gaps[:, first, second] > tolerance).sum()) < n_pairs
     expected = pairwise_rank_loss(out.scores.gather(1, out.sampled), out.utilities, tolerance)
     assert wide.rank_loss.item() == pytest.approx(expected.loss.item(), abs=1e-6)
 
@@ -298,7 +311,8 @@ def test_frozen_retriever_baseline_and_listwise_objective():
     frozen = run_step(scorer, model, train_retriever=False)
     assert torch.equal(frozen.sampled, trained.sampled) and torch.equal(frozen.read, trained.read)
     assert frozen.gen_loss.item() == trained.gen_loss.item()
-    listwise = run_step(scorer, model, objective="listwise", listwise_beta=0.5)
+    listwise = run_step(scorer, model, listwise_beta=0.5)
+    assert set(listwise.rank_stats) == {"top1_agreement"}      # its own diagnostics
     expected = listwise_kl_loss(listwise.scores.gather(1, listwise.sampled), listwise.utilities, 1.0, 0.5)
     assert listwise.rank_loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert listwise.rank_loss.item() != pytest.approx(trained.rank_loss.item(), abs=1e-4)
@@ -311,7 +325,8 @@ def test_joint_step_with_fewer_candidates_than_k_and_ragged_lists():
     config = JMLRConfig(k_sample=4, r_read=5)
     out = joint_step(QUESTIONS, [PASSAGES[0][:3], PASSAGES[1][:5]], score_fn=scorer.score,
                      model=model, encode_fn=encode_words, cfg=config)
-    assert out.sampled.shape == (2, 3) and out.read.shape == (2, 3) and out.n_pairs <= 6
+    assert out.sampled.shape == (2, 3) and out.read.shape == (2, 3)
+    assert finalize(out.rank_stats)["n_pairs"] <= 6
     assert torch.isfinite(out.loss)
 
 
@@ -346,7 +361,7 @@ def test_joint_step_end_to_end_with_the_prompt_template_and_colbert(real_parts):
                      cfg=cfg.jmlr, generator=torch.Generator().manual_seed(0))
     k, r = cfg.jmlr.k_sample, cfg.jmlr.r_read
     assert out.sampled.shape == (2, k) and out.read.shape == (2, r)
-    assert torch.isfinite(out.loss) and out.n_pairs > 0
+    assert torch.isfinite(out.loss) and finalize(out.rank_stats)["n_pairs"] > 0
     assert model.training and scorer.training          # modes left as the loop set them
     # utility of the first drawn passage of question 2, encoded and scored on its own
     alone = collate([encode_example(tokenizer, QUESTIONS[1], [PASSAGES[1][int(out.sampled[1, 0])]],

@@ -155,7 +155,7 @@ def test_parse_answer_letter(text, expected):
 
 
 def test_utility_sequence_is_the_option_text_alone_after_answer(tokenizer):
-    """The per-passage utility must not be conditioned on the gold letter (METHOD.md: 99% of
+    """The per-passage utility must not be conditioned on the gold letter (docs/METHOD.md: 99% of
     pairs ordered right with the text alone, 71% with the letter in the sequence)."""
     from jmlr.data.schema import MCQ
     from jmlr.generation.prompts import build_prompt, encode_example, encode_utility_example

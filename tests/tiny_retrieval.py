@@ -97,7 +97,7 @@ def tiny_task(base: Path) -> TinyTask:
     root = base / "tiny_task"
     if root in _TASKS:
         return _TASKS[root]
-    from jmlr.retrieval.candidates import run_index
+    from jmlr.retrieval.colbert_backend import run_index
 
     root.mkdir(parents=True, exist_ok=True)
     bert = make_tiny_bert(root / "tiny-bert")

@@ -21,14 +21,14 @@ SPLITS = ("train", "dev", "test")
 def load_split(data_cfg: DataConfig, split: str) -> list[MCQ]:
     """The questions of one split (``data.train`` / ``data.dev`` / ``data.test``).
 
-    Uses ``data.format`` and ``data.medmcqa_one_based``; ConfigError when the path is unset.
+    Uses ``data.format`` and ``data.format_options``; ConfigError when the path is unset.
     """
     from jmlr.data.formats import load_questions
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     path = resolve_location(getattr(data_cfg, split), f"data.{split}")
-    return load_questions(path, fmt=data_cfg.format, medmcqa_one_based=data_cfg.medmcqa_one_based)
+    return load_questions(path, fmt=data_cfg.format, format_options=data_cfg.format_options)
 
 
 def load_corpus_from_config(data_cfg: DataConfig) -> list[Passage]:

@@ -17,7 +17,7 @@ Format names (``data.format`` in the config, ``--format`` for ``jmlr check-data`
     ``answer`` (must equal the option text at ``answer_idx``), ``meta_info`` (kept in metadata).
 ``medmcqa``
     MedMCQA json-lines: ``id``, ``question``, ``opa``..``opd``, ``cop`` (0-based as in the
-    hub release; 1-based with ``medmcqa_one_based``), ``exp`` (rationale), ``subject_name``,
+    hub release; 1-based with the format option ``one_based``), ``exp`` (rationale), ``subject_name``,
     ``topic_name``. Rows without an answer (the test split) are rejected.
 ``mmlu``
     MMLU as on the hub, jsonl or parquet: ``question``, ``choices`` (list), ``answer``
@@ -32,6 +32,11 @@ Format names (``data.format`` in the config, ``--format`` for ``jmlr check-data`
 
 Ids: the source's ``id`` when it has one, otherwise ``<file stem>-<line>`` (stable while the
 file does not change). Every error names the file, the line and the field.
+
+Each format is one :class:`QuestionFormat` in the registry (``jmlr.registry.QUESTION_FORMATS``):
+its reader, how it is recognised (file suffix, or the keys of the first row, tried in
+``detect_order``), and its own options (``data.format_options.<name>``). Adding a format is
+one reader function plus one ``register`` call.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +63,32 @@ from jmlr.data.rows import (
 from jmlr.data.schema import MCQ, check_unique_ids, option_letters
 from jmlr.errors import DataError
 from jmlr.io import write_jsonl
+from jmlr.registry import QUESTION_FORMATS
 
 log = logging.getLogger(__name__)
 
-QUESTION_FORMATS = ("jmlr", "medqa", "medmcqa", "mmlu", "mmlu_csv", "jmlr_ref")
 MEDMCQA_OPTION_FIELDS = ("opa", "opb", "opc", "opd")
+
+
+@dataclass(frozen=True)
+class QuestionFormat:
+    """A registry entry: ``read(row, options) → MCQ`` for one source row; ``detect(keys)``
+    says whether a first row with these keys is this format (tried in ``detect_order``,
+    lower first); ``suffixes`` are file suffixes that mean this format whatever the rows;
+    ``csv``: rows are CSV records (``row.data["record"]``) instead of JSON objects;
+    ``params``: the dataclass of the format's options (None: it takes none)."""
+
+    read: Callable[[Any, Any], MCQ]
+    detect: Callable[[set[str]], bool] | None = None
+    detect_order: int = 100
+    suffixes: tuple[str, ...] = ()
+    csv: bool = False
+    params: type | None = None
+
+
+@dataclass
+class MedMCQAOptions:
+    one_based: bool = False       # the hub's json release numbers answers (cop) from 0
 
 
 class _Row:
@@ -111,7 +138,7 @@ def _lettered(row: _Row, field: str, texts: list[Any]) -> dict[str, str]:
     return options
 
 
-def _from_medqa(row: _Row, **_: Any) -> MCQ:
+def _from_medqa(row: _Row, options: Any = None) -> MCQ:
     raw = row.data.get("options")
     if raw is None:
         raise row.error("options", "missing")
@@ -136,7 +163,8 @@ def _from_medqa(row: _Row, **_: Any) -> MCQ:
     return MCQ(row.item_id(), row.text("question"), options, letter, metadata=meta)
 
 
-def _from_medmcqa(row: _Row, medmcqa_one_based: bool = False, **_: Any) -> MCQ:
+def _from_medmcqa(row: _Row, options: MedMCQAOptions | None = None) -> MCQ:
+    one_based = bool(options and options.one_based)
     options = {letter: row.text(name) for letter, name in zip("ABCD", MEDMCQA_OPTION_FIELDS, strict=True)}
     cop = row.data.get("cop")
     if cop is None or cop == "" or cop == -1 or cop == "-1":
@@ -145,12 +173,14 @@ def _from_medmcqa(row: _Row, medmcqa_one_based: bool = False, **_: Any) -> MCQ:
         index = int(cop)
     except (TypeError, ValueError):
         raise row.error("cop", f"must be an integer, got {cop!r}") from None
-    base = 1 if medmcqa_one_based else 0
+    base = 1 if one_based else 0
     if not base <= index <= base + 3:
-        hint = ("; this file looks 0-based: drop --one-based / set data.medmcqa_one_based=false"
-                if medmcqa_one_based and index == 0 else
-                "; this file looks 1-based: pass --one-based / set data.medmcqa_one_based=true"
-                if not medmcqa_one_based and index == 4 else "")
+        hint = ("; this file looks 0-based: drop --one-based / set "
+                "data.format_options.medmcqa.one_based=false"
+                if one_based and index == 0 else
+                "; this file looks 1-based: pass --one-based / set "
+                "data.format_options.medmcqa.one_based=true"
+                if not one_based and index == 4 else "")
         raise row.error("cop", f"{index} is out of range {base}-{base + 3}{hint}")
     meta = {key: row.data[src] for key, src in
             (("subject", "subject_name"), ("topic", "topic_name"), ("choice_type", "choice_type"))
@@ -171,7 +201,7 @@ def _mmlu_answer(row: _Row, value: Any, options: dict[str, str]) -> str:
     return _letter(row, "answer", value, options)
 
 
-def _from_mmlu(row: _Row, **_: Any) -> MCQ:
+def _from_mmlu(row: _Row, options: Any = None) -> MCQ:
     choices = row.data.get("choices")
     if choices is None:
         raise row.error("choices", "missing")
@@ -195,7 +225,7 @@ def mmlu_subject(path: str | Path) -> str:
     return re.sub(r"_(test|dev|val)$", "", Path(path).stem)
 
 
-def _from_mmlu_csv(row: _Row, **_: Any) -> MCQ:
+def _from_mmlu_csv(row: _Row, options: Any = None) -> MCQ:
     record = row.data["record"]
     if len(record) != 6:
         raise row.error("columns", f"expected 6 columns (question, A, B, C, D, answer), got {len(record)}")
@@ -208,7 +238,7 @@ def _from_mmlu_csv(row: _Row, **_: Any) -> MCQ:
                metadata={"subject": mmlu_subject(row.path)})
 
 
-def _from_jmlr_ref(row: _Row, **_: Any) -> MCQ:
+def _from_jmlr_ref(row: _Row, options: Any = None) -> MCQ:
     text = row.text("input")
     split = split_options(text or "")
     if split is None:
@@ -227,33 +257,37 @@ def _from_jmlr_ref(row: _Row, **_: Any) -> MCQ:
                metadata={"docs": docs} if docs else {})
 
 
-def _from_jmlr(row: _Row, **_: Any) -> MCQ:
+def _from_jmlr(row: _Row, options: Any = None) -> MCQ:
     return MCQ.from_json(row.data, row.path, row.line)
 
 
-_READERS: dict[str, Callable[..., MCQ]] = {
-    "jmlr": _from_jmlr, "medqa": _from_medqa, "medmcqa": _from_medmcqa, "mmlu": _from_mmlu,
-    "mmlu_csv": _from_mmlu_csv, "jmlr_ref": _from_jmlr_ref,
-}
+# Listed in this order; detection tries the key rules by detect_order (most specific first).
+QUESTION_FORMATS.register("jmlr", QuestionFormat(
+    _from_jmlr, lambda keys: {"id", "question", "options", "answer"} <= keys, detect_order=90))
+QUESTION_FORMATS.register("medqa", QuestionFormat(
+    _from_medqa, lambda keys: {"question", "answer_idx"} <= keys, detect_order=30))
+# not "cop": test-split rows lack it and get a clear error from the reader
+QUESTION_FORMATS.register("medmcqa", QuestionFormat(
+    _from_medmcqa, lambda keys: {"opa", "opb"} <= keys, detect_order=20, params=MedMCQAOptions))
+QUESTION_FORMATS.register("mmlu", QuestionFormat(
+    _from_mmlu, lambda keys: {"question", "choices"} <= keys, detect_order=40))
+QUESTION_FORMATS.register("mmlu_csv", QuestionFormat(_from_mmlu_csv, suffixes=(".csv",), csv=True))
+QUESTION_FORMATS.register("jmlr_ref", QuestionFormat(
+    _from_jmlr_ref, lambda keys: {"input", "output"} <= keys, detect_order=10))
 
 
 def _format_list() -> str:
-    return ", ".join(QUESTION_FORMATS)
+    return ", ".join(QUESTION_FORMATS.names())
 
 
 def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, format) judged from one row's keys, or None when nothing fits."""
     keys = set(row)
-    if "input" in keys and "output" in keys:
-        return "questions", "jmlr_ref"
-    if {"opa", "opb"} <= keys:  # not "cop": test-split rows lack it and get a clear error
-        return "questions", "medmcqa"
-    if "question" in keys and "answer_idx" in keys:
-        return "questions", "medqa"
-    if "question" in keys and "choices" in keys:
-        return "questions", "mmlu"
-    if {"id", "question", "options", "answer"} <= keys:
-        return "questions", "jmlr"
+    detectors = sorted(((fmt.detect_order, name, fmt.detect) for name, fmt in QUESTION_FORMATS.items()
+                        if fmt.detect is not None), key=lambda item: item[:2])
+    for _, name, detect in detectors:
+        if detect(keys):
+            return "questions", name
     if keys & {"id", "_id", "pid", "docid"} and keys & {"text", "content", "contents"}:
         return "corpus", ""  # jsonl or parquet: the caller knows the extension
     return None
@@ -267,8 +301,9 @@ def sniff(path: str | Path) -> tuple[str, str]:
     """
     path = require_file(path)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "questions", "mmlu_csv"
+    for name, fmt in QUESTION_FORMATS.items():
+        if suffix in fmt.suffixes:
+            return "questions", name
     if suffix == ".tsv":
         return "corpus", "tsv"
     if suffix == ".parquet" or suffix in JSON_SUFFIXES:
@@ -294,8 +329,8 @@ def detect_format(path: str | Path) -> str:
     return fmt
 
 
-def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    if fmt == "mmlu_csv":
+def _rows(path: Path, fmt: QuestionFormat) -> Iterator[tuple[int, dict[str, Any]]]:
+    if fmt.csv:
         for line, record in iter_csv_records(path):
             yield line, {"record": record}
     elif path.suffix.lower() == ".parquet":
@@ -304,25 +339,43 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from iter_json_rows(path)
 
 
-def load_questions(path: str | Path, fmt: str = "auto",
-                   medmcqa_one_based: bool = False) -> list[MCQ]:
-    """Read a question file in any supported format: validated MCQs with unique ids.
+def options_of(fmt: str, given: dict[str, Any] | None) -> Any:
+    """The options object of question format ``fmt``: ``given[fmt]`` (a mapping, or an
+    already built options object), else the format's defaults; None when it takes none."""
+    from jmlr.config_fields import make_component
 
-    ``fmt`` is one of QUESTION_FORMATS or "auto" (detect from the extension and first row).
+    entry = QUESTION_FORMATS.get(fmt)
+    value = (given or {}).get(fmt)
+    if entry.params is not None and isinstance(value, entry.params):
+        return value
+    if hasattr(value, "params") and hasattr(value, "name"):      # a config Component
+        return value.params
+    return make_component("question format", {"name": fmt, **(value or {})},
+                          f"data.format_options.{fmt}").params
+
+
+def load_questions(path: str | Path, fmt: str = "auto",
+                   format_options: dict[str, Any] | None = None) -> list[MCQ]:
+    """Read a question file in any registered format: validated MCQs with unique ids.
+
+    ``fmt`` is a registered format name or "auto" (detect from the extension and first
+    row); ``format_options`` maps format names to their options (``data.format_options``).
     """
     path = Path(path)
     if fmt == "auto":
         fmt = detect_format(path)
-    elif fmt not in _READERS:
+    elif fmt not in QUESTION_FORMATS:
         raise DataError(path, None, "format",
                         f"unknown question format {fmt!r} (known: auto, {_format_list()})")
-    reader = _READERS[fmt]
+    entry = QUESTION_FORMATS.get(fmt)
+    options = options_of(fmt, format_options)
     questions: list[MCQ] = []
     lines: list[int] = []
-    rows = tqdm(_rows(path, fmt), desc=f"reading {path.name}", unit=" rows", disable=None, leave=False)
+    rows = tqdm(_rows(path, entry), desc=f"reading {path.name}", unit=" rows", disable=None,
+                leave=False)
     for line, data in rows:
         row = _Row(data, path, line)
-        questions.append(reader(row, medmcqa_one_based=medmcqa_one_based).validate(path, line))
+        questions.append(entry.read(row, options).validate(path, line))
         lines.append(line)
     check_unique_ids(zip(lines, (q.id for q in questions), strict=True), path, "question")
     log.info("read %d questions from %s (format %s)", len(questions), path, fmt)
@@ -354,13 +407,14 @@ def summarise_questions(questions: list[MCQ], fmt: str) -> dict[str, Any]:
     return summary
 
 
-def check_data(path: str | Path, fmt: str = "auto", medmcqa_one_based: bool = False) -> dict[str, Any]:
+def check_data(path: str | Path, fmt: str = "auto",
+               format_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate a question file or a passage corpus and summarise it (``jmlr check-data``)."""
     from jmlr.data import corpus
 
     if fmt == "auto":
         kind, fmt = sniff(path)
-    elif fmt in _READERS:
+    elif fmt in QUESTION_FORMATS:
         kind = "questions"
     elif fmt in corpus.CORPUS_FORMATS:
         kind = "corpus"
@@ -373,5 +427,5 @@ def check_data(path: str | Path, fmt: str = "auto", medmcqa_one_based: bool = Fa
         distinct = len({p.text for p in passages})
         return {"kind": "corpus", "format": fmt, "passages": len(passages),
                 "duplicate_texts": len(passages) - distinct}
-    questions = load_questions(path, fmt=fmt, medmcqa_one_based=medmcqa_one_based)
+    questions = load_questions(path, fmt=fmt, format_options=format_options)
     return summarise_questions(questions, fmt)

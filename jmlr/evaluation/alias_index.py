@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ import nmslib
 import numpy as np
 import scipy.sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
+
+from jmlr.io import building_folder
 
 log = logging.getLogger(__name__)
 logging.getLogger("nmslib").setLevel(logging.WARNING)   # it logs every parameter at INFO
@@ -103,19 +103,7 @@ def cached_index_dir(kb_path: Path, aliases: Collection[str],
     folder = Path(cache_dir).expanduser() / "kb" / index_key(kb_path)
     if (folder / "recipe.json").is_file():
         return folder, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:16]}-", dir=folder.parent))
-    try:
-        log.info("building the KB index for %s (%d aliases) in %s",
-                 kb_path, len(aliases), folder)
+    log.info("building the KB index for %s (%d aliases) in %s", kb_path, len(aliases), folder)
+    with building_folder(folder, keep=lambda found: (found / "recipe.json").is_file()) as tmp:
         build_index(sorted(aliases), tmp)
-        if folder.exists() and not (folder / "recipe.json").is_file():
-            shutil.rmtree(folder)        # left by something that was not build_index
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "recipe.json").is_file():  # not just a concurrent build finishing first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder, True

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates
+from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
 from jmlr.evaluation import passages as passages_mod
 from jmlr.evaluation.metrics import (
@@ -55,19 +56,6 @@ from jmlr.io import write_json, write_jsonl
 log = logging.getLogger(__name__)
 
 
-def resolve_device(setting: str) -> str:
-    """``run.device``: "auto" picks CUDA when present.
-
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device is cuda but no CUDA device is available")
-    return setting
-
-
 def eval_questions(cfg: Config, split: str) -> dict[str, list[MCQ]]:
     """``{dataset name: questions}`` from ``eval.datasets``, or ``{split: data.<split>}``;
     each capped at ``eval.limit`` questions."""
@@ -78,7 +66,7 @@ def eval_questions(cfg: Config, split: str) -> dict[str, list[MCQ]]:
     if cfg.eval.datasets:
         found = {name: load_questions(resolve_location(path, f"eval.datasets.{name}"),
                                       fmt=cfg.data.format,
-                                      medmcqa_one_based=cfg.data.medmcqa_one_based)
+                                      format_options=cfg.data.format_options)
                  for name, path in cfg.eval.datasets.items()}
     else:
         found = {split: load_split(cfg.data, split)}

@@ -70,6 +70,7 @@ def candidate_pool(cfg: Config, split: str, questions: Sequence[MCQ], corpus: di
     """Top-N candidates per question: the mined ones for a configured split when they cover
     every question, else a fresh search of the index with its own checkpoint."""
     from jmlr.retrieval import candidates as cand_mod
+    from jmlr.retrieval.backends import backend_for
 
     top_n = cfg.candidates.top_n
     if from_split:
@@ -84,7 +85,7 @@ def candidate_pool(cfg: Config, split: str, questions: Sequence[MCQ], corpus: di
                 log.info("reusing the mined %s candidates from %s", split, cfg.candidates_dir)
                 return {q.id: _top(cached[q.id], top_n) for q in questions}
             log.info("the mined %s candidates do not cover these questions; searching", split)
-    found = cand_mod.search_questions(cfg, list(questions))
+    found = backend_for(cfg).search(cfg, list(questions))
     missing = [q.id for q in questions if q.id not in found]
     if missing:
         raise RuntimeError(f"the index search returned nothing for {len(missing)} question(s)")
@@ -113,16 +114,11 @@ def _top(c: Candidates, n: int) -> Candidates:
 
 
 def load_scorer(cfg: Config, run_dir: Path, mode: str, device: str) -> Any:
-    """The ColBERT that orders the pool: the run's (``trained``) or the initial one."""
-    from jmlr.retrieval.colbert import prepare_checkpoint
-    from jmlr.retrieval.scorer import TrainableScorer
+    """The retriever that orders the pool: the run's (``trained``) or the initial one."""
+    from jmlr.retrieval.backends import backend_for
 
-    if mode == "trained":
-        path = run_dir / FINAL_RETRIEVER
-    else:
-        path = prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir)
-    scorer = TrainableScorer.from_checkpoint(path, cfg.retriever.query_maxlen,
-                                             cfg.retriever.doc_maxlen, device=device)
+    path = run_dir / FINAL_RETRIEVER if mode == "trained" else None
+    scorer = backend_for(cfg).load_scorer(cfg, path, device=device)
     scorer.eval()
     scorer.requires_grad_(False)
     return scorer

@@ -301,15 +301,40 @@ def _question_and_corpus_texts(cfg: Config, evals: list[EvalResult]) -> tuple[di
 # The command
 
 
-def run_report(cfg: Config, run_dir: str | Path, n_examples: int = N_EXAMPLES) -> dict[str, str]:
-    """``jmlr report``: write ``RUN/report.html`` and ``RUN/report.md``; returns their paths."""
+def evaluation_report(cfg: Config, run_dir: Path) -> list[Section]:
+    """The evaluate stage's sections: the accuracy table (first in the report), examples."""
+    evals = read_eval_results(run_dir)
+    accuracy = accuracy_section(evals)
+    accuracy.order = 0
+    return [accuracy, examples_section(evals, cfg, N_EXAMPLES)]
+
+
+def training_report(cfg: Config, run_dir: Path) -> list[Section]:
+    """The train stage's section: the curves of ``RUN/metrics.jsonl``."""
+    training = training_section(*read_training_log(run_dir))
+    training.order = 10
+    return [training]
+
+
+def factuality_report(cfg: Config, run_dir: Path) -> list[Section]:
+    """The factuality stage's section: the UMLS-F distribution."""
+    factuality = factuality_section(read_eval_results(run_dir))
+    factuality.order = 50
+    return [factuality]
+
+
+def run_report(cfg: Config, run_dir: str | Path) -> dict[str, str]:
+    """``jmlr report``: write ``RUN/report.html`` and ``RUN/report.md``, with the sections
+    every registered stage contributes (``Stage.report``); returns their paths."""
+    from jmlr.registry import STAGES
+    from jmlr.stage import resolve
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(run_dir, None, None, "run folder not found")
-    train_rows, eval_rows = read_training_log(run_dir)
-    evals = read_eval_results(run_dir)
-    sections = [accuracy_section(evals), training_section(train_rows, eval_rows),
-                factuality_section(evals), examples_section(evals, cfg, n_examples)]
+    sections = [section for _, stage in STAGES.items() if stage.report is not None
+                for section in resolve(stage.report)(cfg, run_dir) or []]
+    sections.sort(key=lambda section: section.order)      # stable: stage order within a rank
     title = f"jmlr run report: {run_dir.name}"
     paths = {"html": str(run_dir / "report.html"), "markdown": str(run_dir / "report.md")}
     with atomic_write(paths["html"]) as handle:

@@ -34,6 +34,8 @@ class Section:
     html: str
     markdown: str
     figures: list[str] = field(default_factory=list)  # base64 PNGs, HTML only
+    # Sections appear by this number, then in the order the stages contributed them.
+    order: int = 100
 
 
 def esc(value: Any) -> str:

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +23,10 @@ from typing import Any
 import torch
 
 from jmlr.config import GeneratorConfig
+from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
 from jmlr.generation.sources import LLAMA_FAMILY, check_architecture, local_model_dir
+from jmlr.io import building_folder
 
 __all__ = ["LLAMA_FAMILY", "load_generator", "load_trained_generator", "local_model_dir",
            "merge_and_save", "save_generator", "trainable_parameter_summary"]
@@ -42,12 +41,6 @@ TOKENIZER_DIR = "tokenizer"
 
 # ---------------------------------------------------------------------------------------
 # Choices made from the config
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -197,7 +190,7 @@ def load_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str 
     check_architecture(config.model_type, remote, str(folder))
     apply_rope_scaling(config, gen_cfg.rope_scaling_factor)
     config.s2_group_ratio = gen_cfg.s2_group_ratio  # read by the S2-Attn function
-    torch_device = resolve_device(device)
+    torch_device = torch.device(resolve_device(device))
     dtype = resolve_dtype(gen_cfg.dtype, torch_device)
     attn = resolve_attention(gen_cfg.attn_implementation, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
@@ -223,20 +216,9 @@ def load_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str 
 
 def _write_folder(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
     """Build a folder aside with ``fill(tmp)`` and swap it in for ``out_dir``."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = out.parent / f".{out.name}.old"
-    try:
+    with building_folder(out_dir) as tmp:
         fill(tmp)
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Path(out_dir)
 
 
 def save_generator(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:

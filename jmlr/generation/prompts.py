@@ -266,12 +266,12 @@ def encode_example(tokenizer: Any, mcq: MCQ, passages: Sequence[str], target: st
 def encode_utility_example(tokenizer: Any, mcq: MCQ, passages: Sequence[str],
                            target: str = "letter_text", utility_span: str = "option_text",
                            max_length: int = 2048) -> EncodedExample:
-    """The sequence whose loss is one passage's utility ℓ_j (METHOD.md step 4).
+    """The sequence whose loss is one passage's utility ℓ_j (docs/METHOD.md, step 4).
 
     For "option_text" the answer's text follows "Answer:" directly, with no letter before it:
     after the gold letter the text is a copy of an option line, which a generator learns
     within a few steps, so every passage's loss goes to zero and the rank loss trains on noise
-    (METHOD.md measured 71% of pairs ordered right with the letter in the sequence but out of
+    (docs/METHOD.md measured 71% of pairs ordered right with the letter in the sequence but out of
     the loss, 99% with the text alone). Other spans use the training sequence
     (``encode_example``). Both masks mark the utility span.
     """

@@ -13,9 +13,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Any
 import torch
 
 from jmlr.errors import ConfigError
-from jmlr.io import write_json
+from jmlr.io import building_folder, exclusive, write_json
 from jmlr.resources import find_one, resolve_location
 
 logger = logging.getLogger(__name__)
@@ -110,10 +107,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF file into a plain HF folder at ``target`` (built aside, renamed in)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     started = time.perf_counter()
-    try:
+    with building_folder(target, keep=lambda found: (found / "config.json").is_file()) as tmp:
         logger.info("converting %s once into %s", gguf, target)
         with _one_gguf_parse():
             try:
@@ -135,15 +130,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "source.json", {"gguf": str(gguf), "cache_key": target.name,
                                           "seconds": round(time.perf_counter() - started, 2)})
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-            logger.info("another process converted %s first; using its copy", gguf)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("converted in %.1f s", time.perf_counter() - started)
     return target
 
@@ -157,5 +143,7 @@ def local_model_dir(location: str, cache_dir: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     target = root / content_hash(path, root)[:32]
     if not (target / "config.json").is_file():
-        convert_gguf(path, target)
+        with exclusive(root / f".{target.name}.lock", f"converting {path.name}"):
+            if not (target / "config.json").is_file():     # not done while we waited
+                convert_gguf(path, target)
     return target

@@ -1,12 +1,9 @@
-"""Top-N candidate passages per question: index, mine, cache, refresh, measure.
+"""Top-N candidate passages per question: mine, cache, measure.
 
-``jmlr index`` builds the PLAID index (``run_index``); ``jmlr mine`` writes
-``<candidates_dir>/<split>.jsonl`` (``run_mine``); training reads those files
-(``load_candidates``) and may re-search the index with its current query encoder
-(``refresh_candidates``) or rebuild it with the current checkpoint (``reindex``).
-
-colbert-ai is imported only inside the functions that search or build, so the metrics and
-the cache reader stay light for the modules that only need those.
+``jmlr mine`` writes ``<candidates_dir>/<split>.jsonl`` (``run_mine``) by searching the
+configured retriever backend's index (``jmlr.retrieval.backends``); training and evaluation
+read those files (``load_candidates``). Index building, search and refresh are the
+backend's (ColBERT + PLAID: ``jmlr.retrieval.colbert_backend``).
 """
 
 from __future__ import annotations
@@ -14,14 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from jmlr.data import SPLITS
@@ -40,8 +33,7 @@ from jmlr.retrieval.mining import (
 
 if TYPE_CHECKING:
     from jmlr.config import Config
-    from jmlr.retrieval.plaid import IndexSettings, PlaidSearcher
-    from jmlr.retrieval.scorer import TrainableScorer
+    from jmlr.training.distributed import ProcessRanks
 
 log = logging.getLogger(__name__)
 
@@ -98,164 +90,6 @@ def _report_ks(top_n: int) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------
-# The opened index (kept open across refreshes)
-
-
-@dataclass
-class _OpenIndex:
-    searcher: PlaidSearcher
-    texts: dict[str, str]           # passage id -> text, for the self-match filter
-
-
-_OPEN: dict[tuple[Any, ...], _OpenIndex] = {}
-
-
-def _settings(cfg: Config) -> IndexSettings:
-    from jmlr.retrieval.plaid import IndexSettings
-
-    r = cfg.retriever
-    return IndexSettings(doc_maxlen=r.doc_maxlen, query_maxlen=r.query_maxlen, nbits=r.nbits,
-                         kmeans_niters=r.kmeans_niters, batch_size=r.batch_size, seed=cfg.run.seed)
-
-
-def _open_index(cfg: Config, checkpoint: str | Path | None = None) -> _OpenIndex:
-    """Open ``cfg.index_dir`` once per (build, query encoder); the configured corpus must be
-    the one it was built over."""
-    from jmlr.data import load_corpus_from_config
-    from jmlr.data.corpus import corpus_fingerprint
-    from jmlr.resources import resolve_location
-    from jmlr.retrieval import plaid
-
-    index_dir = cfg.index_dir.expanduser().resolve()
-    manifest = plaid.read_manifest(index_dir)
-    encoder = resolve_location(str(checkpoint), "checkpoint").resolve() if checkpoint else None
-    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen)
-    if key not in _OPEN:
-        passages = load_corpus_from_config(cfg.data)
-        plaid.check_corpus(manifest, passages, corpus_fingerprint(passages), index_dir)
-        searcher = plaid.PlaidSearcher(index_dir, checkpoint=encoder,
-                                       query_maxlen=cfg.retriever.query_maxlen)
-        _OPEN.clear()  # one open index at a time: each holds the compressed index in memory
-        _OPEN[key] = _OpenIndex(searcher, {p.id: p.text for p in passages})
-    return _OPEN[key]
-
-
-def _rank(index: _OpenIndex, Q: torch.Tensor, questions: Sequence[MCQ], top_n: int,
-          exclude_self_matches: bool) -> tuple[list[Candidates], list[float]]:
-    """Search Q [B, Lq, dim] (one row per question); returns candidates and search seconds."""
-    from jmlr.data.corpus import is_self_match
-
-    extra = self_match_extra(top_n) if exclude_self_matches else 0
-    results = index.searcher.search(Q, top_n + extra)
-    out = []
-    for question, found in zip(questions, results, strict=True):
-        pairs = list(zip(found.passage_ids, found.scores, strict=True))
-        if exclude_self_matches:
-            pairs = [(pid, s) for pid, s in pairs if not is_self_match(index.texts[pid], question)]
-        pairs = pairs[:top_n]
-        out.append(Candidates(question.id, [p for p, _ in pairs], [s for _, s in pairs]))
-    return out, [r.seconds for r in results]
-
-
-def search_questions(cfg: Config, questions: Sequence[MCQ], checkpoint: str | Path | None = None,
-                     exclude_self_matches: bool = False) -> dict[str, Candidates]:
-    """Top ``candidates.top_n`` passages for each question (query: ``MCQ.retrieval_query``).
-
-    ``checkpoint`` encodes the queries instead of the index's own checkpoint (e.g. a trained
-    retriever: its query encoder against the indexed document vectors).
-    """
-    index = _open_index(cfg, checkpoint)
-    return _search_all(cfg, index, questions, index.searcher.encode, exclude_self_matches)
-
-
-def _search_all(cfg: Config, index: _OpenIndex, questions: Sequence[MCQ],
-                encode: Callable[[list[str], int], torch.Tensor],
-                exclude_self_matches: bool) -> dict[str, Candidates]:
-    """Encode the questions' queries in batches with ``encode`` and search each batch."""
-    out: dict[str, Candidates] = {}
-    size = cfg.retriever.batch_size
-    with tqdm(total=len(questions), desc="search", unit="q", leave=False,
-              disable=len(questions) <= size) as bar:
-        for start in range(0, len(questions), size):
-            chunk = questions[start:start + size]
-            Q = encode([q.retrieval_query for q in chunk], size)
-            found, _ = _rank(index, Q, chunk, cfg.candidates.top_n, exclude_self_matches)
-            out.update((c.question_id, c) for c in found)
-            bar.update(len(chunk))
-    return out
-
-
-def refresh_candidates(cfg: Config, scorer: TrainableScorer, questions: Sequence[MCQ],
-                       exclude_self_matches: bool | None = None) -> dict[str, Candidates]:
-    """Re-search the index with the scorer's CURRENT query encoder (document vectors stay as
-    indexed). Self-matches are dropped as ``data.filter_self_matches`` says (training
-    questions are what this refreshes), unless ``exclude_self_matches`` says otherwise."""
-    index = _open_index(cfg)
-    if scorer.dim != index.searcher.manifest["checkpoint"]["dim"]:
-        raise ConfigError(f"the scorer has dim {scorer.dim}, the index at {cfg.index_dir} "
-                          f"has dim {index.searcher.manifest['checkpoint']['dim']}")
-    exclude = cfg.data.filter_self_matches if exclude_self_matches is None else exclude_self_matches
-    return _search_all(cfg, index, questions, scorer.query_embeddings, exclude)
-
-
-# ---------------------------------------------------------------------------------------
-# Building
-
-
-def run_index(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
-    """``jmlr index``: PLAID index of ``data.corpus`` into ``cfg.index_dir``; the manifest."""
-    from jmlr.data import load_corpus_from_config
-    from jmlr.data.corpus import corpus_fingerprint
-    from jmlr.resources import resolve_location
-    from jmlr.retrieval import colbert, plaid
-
-    index_dir = cfg.index_dir.expanduser().resolve()
-    plaid.check_can_build(index_dir, overwrite)   # before any slow step
-    passages = load_corpus_from_config(cfg.data)
-    checkpoint = colbert.prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim,
-                                            cfg.run.cache_dir)
-    corpus_path = str(resolve_location(cfg.data.corpus, "data.corpus").resolve())
-    manifest = plaid.build_index(checkpoint, passages, index_dir, _settings(cfg), corpus_path,
-                                 corpus_fingerprint(passages), overwrite=overwrite)
-    _OPEN.clear()
-    print(f"indexed {len(passages)} passages in {manifest['build_seconds']:.1f} s "
-          f"({manifest['passages_per_second']:.1f} passages/s) -> {index_dir}")
-    return manifest
-
-
-def reindex(cfg: Config, scorer: TrainableScorer) -> dict[str, Any]:
-    """Rebuild ``cfg.index_dir`` with the scorer's current weights; returns the manifest.
-
-    The checkpoint is saved first, under ``<index_dir>-checkpoints/<hash>`` (the index refers
-    to it); older ones there are removed once the new index is in place. Call it on one
-    process only.
-    """
-    from jmlr.data import load_corpus_from_config
-    from jmlr.data.corpus import corpus_fingerprint
-    from jmlr.resources import resolve_location
-    from jmlr.retrieval import plaid
-    from jmlr.retrieval.folders import folder_sha256
-
-    index_dir = cfg.index_dir.expanduser().resolve()
-    store = index_dir.with_name(f"{index_dir.name}-checkpoints")
-    saved = scorer.save(store / f".saving-{os.getpid()}")
-    checkpoint = store / folder_sha256(saved)[:16]
-    if checkpoint.exists():
-        shutil.rmtree(saved)
-    else:
-        saved.rename(checkpoint)
-    passages = load_corpus_from_config(cfg.data)
-    corpus_path = str(resolve_location(cfg.data.corpus, "data.corpus").resolve())
-    manifest = plaid.build_index(checkpoint, passages, index_dir, _settings(cfg), corpus_path,
-                                 corpus_fingerprint(passages), overwrite=True)
-    for old in store.iterdir():
-        if old != checkpoint:
-            shutil.rmtree(old, ignore_errors=True)
-    _OPEN.clear()
-    return manifest
-
-
-# ---------------------------------------------------------------------------------------
 # Mining
 
 
@@ -268,28 +102,11 @@ def load_candidates(cfg: Config, split: str) -> dict[str, Candidates]:
     return {c.question_id: c for c in read_candidates(path)}
 
 
-class _Ranks:
-    """This process's place among ``accelerate launch`` processes (or alone)."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.state = None
-        self.rank, self.world = 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            self.state = PartialState(cpu=cfg.run.device == "cpu" or not torch.cuda.is_available())
-            self.rank, self.world = self.state.process_index, self.state.num_processes
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-
-def _mine_split(cfg: Config, index: _OpenIndex, split: str, questions: list[MCQ],
-                exclude_self: bool, ranks: _Ranks) -> dict[str, Any]:
+def _mine_split(cfg: Config, index: Any, split: str, questions: list[MCQ],
+                exclude_self: bool, ranks: ProcessRanks) -> dict[str, Any]:
     out_dir = cfg.candidates_dir
     top_n, size = cfg.candidates.top_n, cfg.retriever.batch_size
-    identity = mining_identity(index.searcher.manifest, index.searcher.checkpoint, top_n,
+    identity = mining_identity(index.manifest, index.checkpoint, top_n,
                                exclude_self)
     if ranks.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -308,9 +125,9 @@ def _mine_split(cfg: Config, index: _OpenIndex, split: str, questions: list[MCQ]
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
             encode_started = time.perf_counter()
-            Q = index.searcher.encode([q.retrieval_query for q in chunk], size)
+            Q = index.encode([q.retrieval_query for q in chunk], size)
             encode_each = (time.perf_counter() - encode_started) / len(chunk)
-            found, seconds = _rank(index, Q, chunk, top_n, exclude_self)
+            found, seconds = index.rank(Q, chunk, top_n, exclude_self)
             latencies.extend(encode_each + s for s in seconds)
             searches.extend(seconds)
             handle.writelines(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in found)
@@ -375,13 +192,16 @@ def run_mine(cfg: Config, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
     if not wanted:
         raise ConfigError(f"no question file is set for {', '.join(splits)} "
                           f"(data.{' / data.'.join(splits)})")
-    ranks = _Ranks(cfg)
-    index = _open_index(cfg)
+    from jmlr.retrieval.backends import backend_for
+    from jmlr.training.distributed import ProcessRanks
+
+    ranks = ProcessRanks(cfg.run.device)
+    index = backend_for(cfg).open_index(cfg)
     results = []
     for split in wanted:
         questions = load_split(cfg.data, split)
         exclude_self = split == "train" and cfg.data.filter_self_matches
         results.append(_mine_split(cfg, index, split, questions, exclude_self, ranks))
     if ranks.rank == 0:
-        _print_summary(index.searcher.manifest, results)
-    return {"index": index.searcher.manifest, "splits": {r["split"]: r for r in results}}
+        _print_summary(index.manifest, results)
+    return {"index": index.manifest, "splits": {r["split"]: r for r in results}}

@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ import torch
 from transformers import AutoTokenizer
 
 from jmlr.errors import ConfigError
+from jmlr.io import building_folder, exclusive
 from jmlr.resources import resolve_location
 from jmlr.retrieval.folders import folder_sha256
 
@@ -283,11 +283,15 @@ def prepare_checkpoint(location: str, dim: int, cache_dir: str | Path) -> Path:
     target = Path(cache_dir).expanduser().resolve() / "colbert" / f"{digest[:16]}-dim{dim}"
     if is_colbert_checkpoint(target):
         return target
+    with exclusive(target.with_name(f".{target.name}.lock"), f"converting {path.name}"):
+        if not is_colbert_checkpoint(target):      # not done by another process meanwhile
+            _convert(path, target, dim, digest)
+    return target
+
+
+def _convert(path: Path, target: Path, dim: int, digest: str) -> None:
     log.info("converting %s into a ColBERT checkpoint (dim %d) at %s", path, dim, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building_folder(target, keep=is_colbert_checkpoint) as tmp:
         with torch.random.fork_rng(devices=[]), quiet_colbert():
             torch.manual_seed(PROJECTION_SEED)
             model = BaseColBERT(str(path), colbert_config=colbert_config_for(path, dim=dim))
@@ -297,16 +301,6 @@ def prepare_checkpoint(location: str, dim: int, cache_dir: str | Path) -> Path:
         (tmp / SOURCE_RECORD).write_text(json.dumps(
             {"source": str(path), "source_sha256": digest, "dim": dim,
              "projection_seed": PROJECTION_SEED}, indent=2) + "\n", encoding="utf-8")
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not is_colbert_checkpoint(target):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)   # another process finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def build_extensions(use_gpu: bool | None = None) -> list[str]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,9 +31,9 @@ import torch
 
 from jmlr.data.schema import Passage
 from jmlr.errors import ConfigError
-from jmlr.io import write_json
+from jmlr.io import building_folder, write_json
 from jmlr.retrieval import colbert as cb
-from jmlr.retrieval.folders import folder_sha256, replace_folder
+from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.indexer import TorchKMeansIndexer
 
 log = logging.getLogger(__name__)
@@ -75,22 +73,6 @@ def _is_index(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() or (folder / "metadata.json").is_file()
 
 
-def _remove_stale_builds(index_dir: Path) -> None:
-    """Delete hidden build folders left by interrupted builds (their process is gone)."""
-    for stale in index_dir.parent.glob(f".{index_dir.name}.building-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        alive = False
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                alive = int(pid) != os.getpid()
-            except OSError:
-                alive = False
-        if not alive:
-            log.info("removing an unfinished index build: %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def check_can_build(index_dir: Path, overwrite: bool) -> None:
     """ConfigError unless ``index_dir`` is free, or an index that ``overwrite`` allows replacing."""
     if not index_dir.exists() or (index_dir.is_dir() and not any(index_dir.iterdir())):
@@ -114,24 +96,20 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
     index_dir = index_dir.expanduser().resolve()
     check_can_build(index_dir, overwrite)
     index_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(index_dir)
     checkpoint = checkpoint.resolve()
     dim = cb.checkpoint_dim(checkpoint)
-    tmp = index_dir.with_name(f".{index_dir.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    config = cb.ColBERTConfig.from_existing(
-        cb.ColBERTConfig.load_from_checkpoint(str(checkpoint)),
-        cb.colbert_config_for(
-            checkpoint, doc_maxlen=settings.doc_maxlen, query_maxlen=settings.query_maxlen,
-            nbits=settings.nbits, kmeans_niters=settings.kmeans_niters,
-            index_bsize=settings.batch_size, index_path=str(tmp), index_name=index_dir.name,
-            nranks=1, rank=0, resume=False, avoid_fork_if_possible=True))
-    texts = [p.full_text for p in passages]
-    log.info("indexing %d passages with %s (dim %d, doc_maxlen %d, nbits %d) into %s",
-             len(texts), checkpoint, dim, settings.doc_maxlen, settings.nbits, index_dir)
     started = time.perf_counter()
-    try:
+    with building_folder(index_dir) as tmp:
+        config = cb.ColBERTConfig.from_existing(
+            cb.ColBERTConfig.load_from_checkpoint(str(checkpoint)),
+            cb.colbert_config_for(
+                checkpoint, doc_maxlen=settings.doc_maxlen, query_maxlen=settings.query_maxlen,
+                nbits=settings.nbits, kmeans_niters=settings.kmeans_niters,
+                index_bsize=settings.batch_size, index_path=str(tmp), index_name=index_dir.name,
+                nranks=1, rank=0, resume=False, avoid_fork_if_possible=True))
+        texts = [p.full_text for p in passages]
+        log.info("indexing %d passages with %s (dim %d, doc_maxlen %d, nbits %d) into %s",
+                 len(texts), checkpoint, dim, settings.doc_maxlen, settings.nbits, index_dir)
         with _seeded(settings.seed), cb.quiet_colbert(), \
                 cb.Run().context(config, inherit_config=False):
             indexer = TorchKMeansIndexer(config, cb.Collection(data=texts), verbose=1)
@@ -160,10 +138,6 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
         }
         write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
         write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
-        replace_folder(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("index built in %.1f s (%.1f passages/s): %s", seconds,
              manifest["passages_per_second"], index_dir)
     return manifest

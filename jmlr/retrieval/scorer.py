@@ -4,16 +4,14 @@ checkpoints written in colbert-ai's format."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 from jmlr.batching import inverse_order, length_buckets
+from jmlr.io import building_folder
 from jmlr.retrieval.colbert import (
     ColBERT,
     DocTokenizer,
@@ -21,7 +19,6 @@ from jmlr.retrieval.colbert import (
     load_colbert_checkpoint,
     quiet_colbert,
 )
-from jmlr.retrieval.folders import replace_folder
 
 
 def late_interaction(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor) -> torch.Tensor:
@@ -128,29 +125,17 @@ class TrainableScorer(torch.nn.Module):
             self.train(was_training)
         return torch.cat(parts)
 
-    def optimizer_group(self, lr: float, weight_decay: float = 0.0) -> dict[str, Any]:
-        """One optimizer parameter group: every trainable weight (encoder + projection)."""
-        return {"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
-                "weight_decay": weight_decay, "name": "retriever"}
-
     def save(self, path: str | Path) -> Path:
         """Write a colbert-ai checkpoint folder (loads with colbert's Searcher/Indexer and
         :meth:`from_checkpoint`); written beside ``path`` and moved into place when done."""
         path = Path(path).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         config = self.colbert.colbert_config
         recorded = config.model_name, config.checkpoint
         try:
             # Saved without a model name or source path: the folder stands on its own.
             config.configure(model_name=None, checkpoint=None)
-            with quiet_colbert():
+            with building_folder(path) as tmp, quiet_colbert():
                 self.colbert.save(str(tmp))
-            replace_folder(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         finally:
             config.configure(model_name=recorded[0], checkpoint=recorded[1])
         return path

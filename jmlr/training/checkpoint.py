@@ -17,11 +17,9 @@ leaves a folder that looks complete. Files with tensors load with ``weights_only
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -36,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from jmlr.errors import ConfigError
-from jmlr.io import write_json
+from jmlr.io import publish_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -238,25 +236,9 @@ def save_checkpoint(accelerator: Any, run_dir: Path, state: TrainState, *, model
         for name, export in (exporters or {}).items():
             export(tmp / name)
         write_json(tmp / STATE_FILE, dataclasses.asdict(state))
-        _replace_dir(tmp, final)
+        publish_folder(tmp, final)
     accelerator.wait_for_everyone()
     return final
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` onto ``final`` (moving an existing ``final`` aside first)."""
-    old = final.parent / f".{final.name}.old"
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):          # make the rename durable where supported
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_state(ckpt: Path) -> TrainState:

@@ -1,15 +1,15 @@
-"""The training loop's links to the other stages: data, candidates, models, exports.
+"""Training's links to the other stages: data, candidates, models, exports.
 
 Each function is a thin adapter over the module that owns the work (``jmlr.data``,
-``jmlr.retrieval``, ``jmlr.generation``), so ``loop.py`` reads as the training algorithm
-alone. Collective helpers (``broadcast``, ``gather``) are no-ops in a single process.
+``jmlr.retrieval``, ``jmlr.generation``), so that ``loop.py`` and the steps read as the
+training algorithm alone. Collective helpers (``broadcast``, ``gather``) are no-ops in a
+single process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from torch import nn
 from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates, Passage, read_candidates, write_candidates
 from jmlr.errors import ConfigError, UserError
-from jmlr.training.objective import JointStepOutput, joint_step
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +136,12 @@ def load_generator_for_training(cfg: Config) -> tuple[nn.Module, Any]:
 
 
 def load_retriever_for_training(cfg: Config) -> nn.Module:
-    """The trainable ColBERT scorer; every weight frozen when ``jmlr.train_retriever`` is
-    false (the RAG baseline), all trainable otherwise."""
-    from jmlr.retrieval.colbert import prepare_checkpoint
-    from jmlr.retrieval.scorer import TrainableScorer
+    """The configured backend's trainable scorer (``retriever.checkpoint``); every weight
+    frozen when ``jmlr.train_retriever`` is false (the RAG baseline), all trainable
+    otherwise."""
+    from jmlr.retrieval.backends import backend_for
 
-    path = prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim, cfg.run.cache_dir)
-    scorer = TrainableScorer.from_checkpoint(path, cfg.retriever.query_maxlen,
-                                             cfg.retriever.doc_maxlen)
+    scorer = backend_for(cfg).load_scorer(cfg)
     scorer.requires_grad_(cfg.jmlr.train_retriever)
     return scorer
 
@@ -168,24 +165,6 @@ def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = F
         generation.merge_and_save(model, tokenizer, path / "merged")
 
 
-def export_final(folder: Path, generator: nn.Module, retriever: nn.Module, tokenizer: Any,
-                 merge: bool) -> None:
-    """``RUN/final/generator`` and ``RUN/final/retriever`` (colbert-ai format), built in a
-    temporary folder and renamed into place."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_generator(generator, tokenizer, tmp / "generator", merge=merge)
-    retriever.save(tmp / "retriever")
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    log.info("exported the generator and the retriever to %s", folder)
-
-
 def _digest(params: list[tuple[str, nn.Parameter]]) -> str:
     digest = hashlib.sha256()
     for name, param in params:
@@ -194,14 +173,14 @@ def _digest(params: list[tuple[str, nn.Parameter]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def checksums(joint: nn.Module, accelerator: Any) -> dict[str, Any]:
-    """sha256 prefixes of this rank's generator and retriever weights (the trainable ones, or
-    all of a frozen model): equal on every rank when ranks stayed in sync. None where the
-    backend shards weights (each rank holds a different part)."""
+def checksums(models: dict[str, nn.Module], accelerator: Any) -> dict[str, Any]:
+    """sha256 prefixes of this rank's weights per model (the trainable ones, or all of a
+    frozen model): equal on every rank when ranks stayed in sync. None where the backend
+    shards weights (each rank holds a different part)."""
     row: dict[str, Any] = {"rank": accelerator.process_index}
     sharded = str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
-    for name in ("generator", "retriever"):
-        params = list(getattr(joint, name).named_parameters())
+    for name, model in models.items():
+        params = list(model.named_parameters())
         chosen = [(n, p) for n, p in params if p.requires_grad] or params
         row[name] = None if sharded else _digest(chosen)
     return row
@@ -213,20 +192,20 @@ def checksums(joint: nn.Module, accelerator: Any) -> dict[str, Any]:
 def refresh(cfg: Config, retriever: nn.Module, questions: list[MCQ],
             index_dir: str = "") -> dict[str, Candidates]:
     """Re-search the index with the current query encoder (main process)."""
-    from jmlr.retrieval.candidates import refresh_candidates
+    from jmlr.retrieval.backends import backend_for
 
     if index_dir:
         cfg = _with_index(cfg, index_dir)
-    return refresh_candidates(cfg, retriever, questions)
+    return backend_for(cfg).refresh(cfg, retriever, questions)
 
 
 def reindex(cfg: Config, retriever: nn.Module, run_dir: Path) -> str:
     """Rebuild an index of the corpus with the current retriever into ``RUN/reindexed`` (never
     over the index the candidates were mined from); returns its folder. Main process only."""
-    from jmlr.retrieval.candidates import reindex as rebuild
+    from jmlr.retrieval.backends import backend_for
 
     index_dir = str((run_dir / "reindexed").resolve())
-    rebuild(_with_index(cfg, index_dir), retriever)
+    backend_for(cfg).reindex(_with_index(cfg, index_dir), retriever)
     return index_dir
 
 
@@ -267,32 +246,3 @@ def gather(items: list) -> list:
     if PartialState().num_processes == 1:
         return list(items)
     return gather_object(items)
-
-
-class JointModel(nn.Module):
-    """The generator and the retriever as one module, so that one ``accelerator.prepare``
-    covers both (DeepSpeed takes one model per accelerator) and a whole JMLR step is one
-    forward of the wrapper (DDP syncs gradients and FSDP gathers weights in that forward).
-
-    ``forward(questions, candidates, sampler)`` → :class:`JointStepOutput`;
-    ``forward(queries=..., docs=...)`` → retriever scores ``[B, N]`` (evaluation).
-    """
-
-    def __init__(self, generator: nn.Module, retriever: nn.Module, encode_fn: Any, cfg: Config,
-                 utility_encode_fn: Any = None) -> None:
-        super().__init__()
-        self.generator = generator
-        self.retriever = retriever
-        self.encode_fn = encode_fn
-        self.utility_encode_fn = utility_encode_fn
-        self.jmlr_cfg = cfg.jmlr
-
-    def forward(self, questions: list | None = None, candidates: list | None = None,
-                sampler: torch.Generator | None = None, *, queries: list[str] | None = None,
-                docs: list[list[str]] | None = None) -> JointStepOutput | torch.Tensor:
-        if queries is not None:
-            return self.retriever.score(queries, docs)
-        return joint_step(questions, candidates, score_fn=self.retriever.score, model=self.generator,
-                          encode_fn=self.encode_fn, cfg=self.jmlr_cfg, generator=sampler,
-                          utility_encode_fn=self.utility_encode_fn,
-                          max_tokens_per_forward=self.jmlr_cfg.utility_tokens_per_forward or None)

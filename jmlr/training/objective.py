@@ -1,4 +1,4 @@
-"""The JMLR training step as small functions over scores, losses and models (METHOD.md 2–7).
+"""The JMLR training step as small functions over scores, losses and models (docs/METHOD.md, steps 2–7).
 
 For B questions with N candidates each:
 
@@ -7,8 +7,8 @@ For B questions with N candidates each:
 * the utility ``ℓ[B, k]`` of each drawn passage: the generator's loss on the answer given that
   passage alone and the question, all ``B × k`` sequences in one batched no-grad forward
   (:func:`~jmlr.training.token_losses.passage_utilities`);
-* the retriever learns to order the drawn passages as their utilities do
-  (:func:`pairwise_rank_loss`, or :func:`listwise_kl_loss`);
+* the retriever learns to order the drawn passages as their utilities do, by the configured
+  rank objective (``jmlr.training.rank_objectives``: pairwise LLM-rank loss, listwise KL);
 * the generator reads the top-r candidates by score (:func:`select_reading_passages`) and
   learns the answer (:func:`~jmlr.training.token_losses.generator_loss`);
 * ``L = L_gen + λ · L_rank`` (:func:`joint_step`). Each loss reaches only its own model: the
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jmlr.registry import RANK_OBJECTIVES
+from jmlr.training.stats import Stat
 from jmlr.training.token_losses import eval_mode, generator_loss, passage_utilities
 
 if TYPE_CHECKING:
@@ -104,42 +105,7 @@ def select_reading_passages(scores: Tensor | Sequence[Sequence[float]],
     return [sorted(range(len(row)), key=lambda i, row=row: -row[i])[:r] for row in scores]
 
 
-# --------------------------------------------------------------------------- retriever losses
-
-
-@dataclass
-class RankLossOutput:
-    loss: Tensor        # scalar, differentiable in the scores
-    n_pairs: int        # pairs used (ties in the utilities left out)
-    accuracy: float     # share of used pairs whose scores order them as the utilities do
-
-
-def pairwise_rank_loss(scores: Tensor, losses: Tensor, tie_tolerance: float = 1e-6) -> RankLossOutput:
-    """The LLM-rank loss: ``scores[B, k]``, ``losses[B, k]`` (utilities ℓ, lower is better).
-
-    For every pair a < b within a row with ``|ℓ_a − ℓ_b| > tie_tolerance``: target
-    ``y = 1[ℓ_a < ℓ_b]`` and ``BCE(σ(s_a − s_b), y)``, computed as ``−log σ(±(s_a − s_b))``.
-    The loss is the mean over the pairs actually used, over the whole batch; with no usable
-    pair it is 0 and still connected to the scores (zero gradient). In ``accuracy``, a pair the
-    scores tie counts half (as in AUC); it is 0 when no pair is used (weight it by n_pairs).
-    """
-    if scores.shape != losses.shape or scores.dim() != 2:
-        raise ValueError(f"scores {tuple(scores.shape)} and losses {tuple(losses.shape)} must both be [B, k]")
-    first, second = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1,
-                                       device=scores.device)
-    scores = scores.float()          # fp32 margins: half-precision scores tie too often
-    margin = scores[:, first] - scores[:, second]                       # [B, P]
-    utility_gap = (losses[:, first] - losses[:, second]).detach().to(scores.device)
-    used = utility_gap.abs() > tie_tolerance
-    first_better = utility_gap < 0
-    bce = -torch.where(first_better, F.logsigmoid(margin), F.logsigmoid(-margin))
-    n_pairs = int(used.sum())
-    loss = torch.where(used, bce, torch.zeros_like(bce)).sum() / max(n_pairs, 1)
-    with torch.no_grad():
-        agree = torch.where(first_better, margin > 0, margin < 0).float()
-        agree = torch.where(margin == 0, torch.full_like(agree, 0.5), agree)
-        accuracy = float(agree[used].sum()) / n_pairs if n_pairs else 0.0
-    return RankLossOutput(loss=loss, n_pairs=n_pairs, accuracy=accuracy)
+# --------------------------------------------------------------------------- diagnostics
 
 
 def gold_pair_agreement(values: Tensor, gold: Tensor, lower_is_better: bool) -> tuple[int, int]:
@@ -159,21 +125,6 @@ def gold_pair_agreement(values: Tensor, gold: Tensor, lower_is_better: bool) -> 
     pairs = gold.unsqueeze(2) & ~gold.unsqueeze(1)
     right = (diff < 0) if lower_is_better else (diff > 0)
     return int((right & pairs).sum()), int(pairs.sum())
-
-
-def listwise_kl_loss(scores: Tensor, losses: Tensor, tau: float = 1.0, beta: float = 1.0) -> Tensor:
-    """``KL(softmax(−ℓ/β) ‖ softmax(s/τ))`` per row, averaged over rows (REPLUG / Atlas).
-
-    ``scores[B, k]``, ``losses[B, k]`` → scalar; the target distribution carries no gradient.
-
-    >>> listwise_kl_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])).abs() < 1e-6
-    tensor(True)
-    """
-    if scores.shape != losses.shape or scores.dim() != 2:
-        raise ValueError(f"scores {tuple(scores.shape)} and losses {tuple(losses.shape)} must both be [B, k]")
-    log_target = F.log_softmax(-losses.detach().float().to(scores.device) / beta, dim=-1)
-    log_model = F.log_softmax(scores.float() / tau, dim=-1)
-    return F.kl_div(log_model, log_target, log_target=True, reduction="none").sum(-1).mean()
 
 
 # --------------------------------------------------------------------------- the joint step
@@ -204,8 +155,7 @@ class JointStepOutput:
     loss: Tensor            # L = L_gen + λ·L_rank over the parts that train; backward this
     gen_loss: Tensor        # detached L_gen
     rank_loss: Tensor       # detached retriever loss of the configured objective
-    rank_accuracy: float    # pairwise ordering accuracy on the drawn passages (any objective)
-    n_pairs: int
+    rank_stats: dict[str, Stat]   # the objective's own diagnostics
     n_tokens: int           # non-padding tokens through the generator (utilities + L_gen)
     scores: Tensor          # [B, N] detached retriever scores
     sampled: Tensor         # [B, k] drawn candidate indices, in draw order
@@ -268,11 +218,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
         sampled_scores = score_fn(queries, drawn)                                # [B, k]
     else:
         sampled_scores = scores.gather(1, sampled.to(scores.device))             # [B, k]
-    pairwise = pairwise_rank_loss(sampled_scores, utilities, cfg.tie_tolerance)
-    if cfg.objective == "listwise":
-        rank_loss = listwise_kl_loss(sampled_scores, utilities, cfg.tau, cfg.listwise_beta)
-    else:
-        rank_loss = pairwise.loss
+    ranked = RANK_OBJECTIVES.get(cfg.objective.name)(sampled_scores, utilities, cfg.objective.params)
+    rank_loss = ranked.loss
 
     read = select_reading_passages(scores, cfg.r_read)                           # [B, r]
     gen_batch = encode_fn(list(questions),
@@ -291,6 +238,6 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     loss = sum(terms) if terms else (gen_loss + cfg.lambda_rank * rank_loss.to(gen_loss.device)).detach()
     n_tokens = int(utility_batch["attention_mask"].sum()) + int(gen_batch["attention_mask"].sum())
     return JointStepOutput(loss=loss, gen_loss=gen_loss.detach(), rank_loss=rank_loss.detach(),
-                           rank_accuracy=pairwise.accuracy, n_pairs=pairwise.n_pairs,
+                           rank_stats=ranked.stats,
                            n_tokens=n_tokens, scores=scores.detach(), sampled=sampled,
                            utilities=utilities, read=read)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from jmlr.config import Config
+from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
 from jmlr.io import read_jsonl, write_jsonl
 
@@ -61,9 +62,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    on_cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
-    if cfg.run.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device is cuda but no CUDA device is available (use auto or cpu)")
+    on_cuda = resolve_device(cfg.run.device) == "cuda"
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
     precision = resolve_mixed_precision(cfg.train.mixed_precision, on_cuda, bf16)
     if precision == "fp16" and not on_cuda:

@@ -1,0 +1,255 @@
+"""The built-in stages of ``jmlr``, registered in pipeline order (see ``jmlr/stage.py``).
+
+prepare-demo -> index -> mine -> train -> evaluate -> factuality -> report, plus check-data,
+warmup and demo. Each entry is a thin adapter: argument parsing here, the work in the module
+that owns it (imported only when the stage runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from jmlr.config import Config
+from jmlr.registry import STAGES
+from jmlr.stage import Stage, comma_list
+
+# --quick demo: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
+QUICK = {"diseases": 60, "questions": 60, "max_steps": 2, "k_sample": 4, "eval_limit": 12,
+         "max_new_tokens": 32}
+FULL = {"diseases": 400, "questions": 400}
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# --------------------------------------------------------------------------- prepare-demo
+
+
+def _prepare_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--diseases", type=int, default=600, help="diseases in the corpus")
+    p.add_argument("--questions", type=int, default=600, help="questions over all splits")
+
+
+def _prepare_demo(_cfg: None, args: argparse.Namespace) -> None:
+    from jmlr.data.demo import prepare_demo
+
+    _print_json(prepare_demo(out_dir=args.out, seed=args.seed, n_diseases=args.diseases,
+                             n_questions=args.questions))
+
+
+def _prepare_demo_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.data.demo import prepare_demo
+
+    data_dir = Path(cfg.run.out_dir) / "data"
+    if (data_dir / "README.md").exists():      # README is written last by prepare_demo
+        return "kept"
+    sizes = QUICK if quick else FULL
+    return prepare_demo(out_dir=data_dir, seed=cfg.run.seed, n_diseases=sizes["diseases"],
+                        n_questions=sizes["questions"])
+
+
+STAGES.register("prepare-demo", Stage(
+    help="build the embedded demo task from installed packages", run=_prepare_demo,
+    arguments=_prepare_demo_args, uses_config=False, writes=("corpus", "questions", "KB"),
+    demo=_prepare_demo_in_demo))
+
+
+# --------------------------------------------------------------------------- check-data
+
+
+def _check_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
+    p.add_argument("--format", default="auto", help="format name, or auto-detect")
+    p.add_argument("--one-based", action="store_true", help="MedMCQA 'cop' is 1-based")
+
+
+def _check_data(_cfg: None, args: argparse.Namespace) -> None:
+    from jmlr.data.formats import check_data
+
+    options = {"medmcqa": {"one_based": True}} if args.one_based else {}
+    _print_json(check_data(args.path, fmt=args.format, format_options=options))
+
+
+STAGES.register("check-data", Stage(
+    help="validate a question file or corpus and summarise it", run=_check_data,
+    arguments=_check_data_args, uses_config=False))
+
+
+# --------------------------------------------------------------------------- index, mine
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing index")
+
+
+def _index(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.retrieval.backends import backend_for
+
+    backend_for(cfg).build_index(cfg, overwrite=args.overwrite)
+
+
+def _index_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.retrieval.backends import backend_for
+
+    backend = backend_for(cfg)
+    if backend.index_exists(cfg):
+        return "kept"
+    return backend.build_index(cfg, overwrite=False)
+
+
+STAGES.register("index", Stage(
+    help="build the retrieval index over the corpus", run=_index, arguments=_index_args,
+    reads=("data.corpus", "retriever.checkpoint"), writes=("retriever.index_dir",),
+    demo=_index_in_demo))
+
+
+def _mine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", type=comma_list, default=["train", "dev", "test"],
+                   help="comma-separated splits (default train,dev,test)")
+
+
+def _mine(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.retrieval.candidates import run_mine
+
+    run_mine(cfg, splits=args.splits)
+
+
+def _mine_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.retrieval.candidates import run_mine
+
+    return run_mine(cfg, splits=["train", "dev", "test"])["splits"]
+
+
+STAGES.register("mine", Stage(
+    help="top-N candidates for every question", run=_mine, arguments=_mine_args,
+    reads=("data.<split>", "retriever.index_dir"), writes=("candidates.path",),
+    demo=_mine_in_demo))
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+
+def _train(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.training.loop import run_train
+
+    run_train(cfg, resume=args.resume)
+
+
+def _train_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.training.loop import run_train
+
+    return run_train(cfg, resume=(Path(cfg.run.out_dir) / "checkpoints").exists())
+
+
+STAGES.register("train", Stage(
+    help="train (train.step: joint = JMLR); also under accelerate launch -m jmlr",
+    run=_train, arguments=_train_args, reads=("data.<split>", "candidates.path"),
+    writes=("RUN/final", "RUN/metrics.jsonl"), demo=_train_in_demo,
+    report="jmlr.evaluation.report:training_report"))
+
+
+# --------------------------------------------------------------------------- evaluate, factuality, report
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder written by jmlr train")
+    p.add_argument("--split", default=None, choices=["train", "dev", "test"])
+    p.add_argument("--mode", type=comma_list, default=None,
+                   help="comma-separated modes among trained, frozen, none (default eval.modes)")
+
+
+def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.evaluation.mcq import run_evaluate
+
+    run_evaluate(cfg, run_dir=args.run, split=args.split, modes=args.mode)
+
+
+def _evaluate_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.evaluation.mcq import run_evaluate
+
+    return run_evaluate(cfg, run_dir=cfg.run.out_dir, split=cfg.eval.split,
+                        modes=["none", "frozen", "trained"])
+
+
+STAGES.register("evaluate", Stage(
+    help="accuracy with retrieval in the loop", run=_evaluate, arguments=_evaluate_args,
+    reads=("RUN/final", "data.<split>"), writes=("RUN/eval/<split>",),
+    demo=_evaluate_in_demo, report="jmlr.evaluation.report:evaluation_report"))
+
+
+def _factuality_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--kb", default="", help="KnowledgeBase jsonl (default: factuality.kb)")
+    p.add_argument("--out", default=None, help="output folder (default: beside predictions)")
+
+
+def _factuality(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.evaluation.factuality import run_factuality
+
+    run_factuality(cfg, predictions=args.predictions, kb=args.kb or cfg.factuality.kb,
+                   out_dir=args.out)
+
+
+STAGES.register("factuality", Stage(
+    help="UMLS-F of generated rationales", run=_factuality, arguments=_factuality_args,
+    reads=("predictions.jsonl", "factuality.kb"), writes=("report.json", "report.html"),
+    report="jmlr.evaluation.report:factuality_report"))
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True)
+
+
+def _report(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.evaluation.report import run_report
+
+    run_report(cfg, run_dir=args.run)
+
+
+def _report_in_demo(cfg: Config, quick: bool) -> Any:
+    from jmlr.evaluation.report import run_report
+
+    return run_report(cfg, run_dir=cfg.run.out_dir)
+
+
+STAGES.register("report", Stage(
+    help="HTML / Markdown report for a run", run=_report, arguments=_report_args,
+    reads=("RUN",), writes=("RUN/report.html", "RUN/report.md"), demo=_report_in_demo))
+
+
+# --------------------------------------------------------------------------- warmup, demo
+
+
+def _warmup(cfg: Config, _args: argparse.Namespace) -> None:
+    from jmlr.warmup import run_warmup
+
+    _print_json(run_warmup(cfg))
+
+
+STAGES.register("warmup", Stage(
+    help="compile colbert-ai's extensions and cache the config's models once (set-up time)",
+    run=_warmup))
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="a smaller, faster pass")
+
+
+def _demo(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.pipeline import run_demo
+
+    run_demo(cfg, quick=args.quick)
+
+
+STAGES.register("demo", Stage(
+    help="the whole pipeline on the embedded demo task", run=_demo, arguments=_demo_args))

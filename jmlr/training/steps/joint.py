@@ -1,0 +1,178 @@
+"""The JMLR step, registered as ``joint``: a generator and a retriever trained together.
+
+Per micro-batch of questions, :func:`~jmlr.training.objective.joint_step` (docs/METHOD.md):
+the retriever scores the mined candidates, passages are drawn by that score, the
+generator's loss with each drawn passage is its utility, the configured rank objective
+teaches the retriever that order, and the generator learns the answer from the top-r
+passages. ``jmlr.train_retriever=false`` is the frozen-retriever (RAG) baseline and
+``jmlr.train_generator=false`` trains the retriever alone, with everything else identical.
+
+Around the steps: candidate refresh (re-search with the current query encoder every
+``candidates.refresh_every`` steps, re-index every ``candidates.reindex_every``), dev
+retrieval metrics, and the exports ``final/generator`` (peft adapters) and
+``final/retriever`` (colbert-ai checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from jmlr.errors import ConfigError
+from jmlr.registry import TRAINING_STEPS
+from jmlr.training import components as parts
+from jmlr.training.objective import gold_pair_agreement, joint_step
+from jmlr.training.stats import mean, total
+from jmlr.training.steps.base import StepOutput, TrainingStep
+from jmlr.training.token_losses import eval_mode
+
+if TYPE_CHECKING:
+    from jmlr.config import Config
+    from jmlr.data.schema import MCQ
+    from jmlr.training.loop import TrainRecipe
+
+log = logging.getLogger(__name__)
+
+
+@TRAINING_STEPS.register("joint")
+class JointStep(TrainingStep):
+    """JMLR: see the module docstring."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        if not (cfg.jmlr.train_generator or cfg.jmlr.train_retriever):
+            raise ConfigError("jmlr.train_generator and jmlr.train_retriever are both false: "
+                              "nothing to train")
+        self.data: parts.TrainingData | None = None
+        self.tokenizer: Any = None
+
+    # ------------------------------------------------------------ set-up
+
+    def load_data(self) -> list[MCQ]:
+        self.data = parts.load_training_data(self.cfg)
+        return self.data.train
+
+    def build_models(self) -> dict[str, nn.Module]:
+        generator, self.tokenizer = parts.load_generator_for_training(self.cfg)
+        retriever = parts.load_retriever_for_training(self.cfg)
+        self.encode = parts.make_encode_fn(self.cfg, self.tokenizer)
+        self.utility_encode = parts.make_encode_fn(self.cfg, self.tokenizer, for_utility=True)
+        return {"generator": generator, "retriever": retriever}
+
+    def learning_rates(self) -> dict[str, float]:
+        train, jmlr = self.cfg.train, self.cfg.jmlr
+        rates = {}
+        if jmlr.train_generator:
+            rates["generator"] = train.generator_lr
+        if jmlr.train_retriever:
+            rates["retriever"] = train.retriever_lr
+        return rates
+
+    def flops_params(self, models: Mapping[str, nn.Module]) -> int:
+        return sum(p.numel() for p in models["generator"].parameters())
+
+    # ------------------------------------------------------------ one micro-batch
+
+    def compute(self, models: Mapping[str, nn.Module], questions: list[MCQ],
+                sampler: torch.Generator) -> StepOutput:
+        assert self.data is not None
+        jmlr = self.cfg.jmlr
+        out = joint_step(questions, self.data.candidate_texts(questions),
+                         score_fn=models["retriever"].score, model=models["generator"],
+                         encode_fn=self.encode, cfg=jmlr, generator=sampler,
+                         utility_encode_fn=self.utility_encode,
+                         max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
+        # Gold pairs (a gold passage against another drawn one), where the questions name
+        # gold passages: a diagnostic of the teacher and the retriever, never a training signal.
+        gold = self.data.drawn_gold(questions, out.sampled)
+        llm_right, gold_pairs = gold_pair_agreement(out.utilities, gold, lower_is_better=True)
+        drawn_scores = out.scores.gather(1, out.sampled.to(out.scores.device))
+        retriever_right, _ = gold_pair_agreement(drawn_scores, gold, lower_is_better=False)
+        stats = {"loss": mean(float(out.loss.detach())), "gen_loss": mean(float(out.gen_loss)),
+                 "rank_loss": mean(float(out.rank_loss)), **out.rank_stats,
+                 "tokens": total(out.n_tokens), "gold_pairs": total(gold_pairs),
+                 "llm_gold_accuracy": mean(llm_right, gold_pairs),
+                 "retriever_gold_accuracy": mean(retriever_right, gold_pairs)}
+        return StepOutput(out.loss, stats)
+
+    # ------------------------------------------------------------ around the steps
+
+    def after_step(self, loop: TrainRecipe) -> None:
+        """Every ``candidates.refresh_every`` steps, re-search the index with the current query
+        encoder (after re-indexing every ``candidates.reindex_every`` steps)."""
+        assert self.data is not None
+        cand, step, st = self.cfg.candidates, loop.state.step, loop.state
+        reindex = cand.reindex_every > 0 and step % cand.reindex_every == 0
+        refresh = reindex or (cand.refresh_every > 0 and step % cand.refresh_every == 0)
+        if not refresh or step >= loop.total_steps:
+            return
+        new = None
+        if loop.main:
+            retriever = loop.unwrapped_models()["retriever"]
+            with torch.no_grad(), eval_mode(retriever):
+                if reindex:
+                    st.index_dir = parts.reindex(self.cfg, retriever, loop.run_dir)
+                new = parts.refresh(self.cfg, retriever, self.data.train, st.index_dir)
+        self.data.set_train_candidates(parts.broadcast(new))
+        st.candidates_refreshed_at = step
+        st.index_dir = parts.broadcast(st.index_dir if loop.main else None)
+
+    def evaluate(self, loop: TrainRecipe) -> dict[str, Any]:
+        """Dev retrieval metrics (recall@1/7, MRR of gold passages) with the current scorer
+        re-ranking the mined dev candidates; every rank scores a share."""
+        assert self.data is not None
+        data = self.data
+        if not data.dev:
+            return {}
+        acc = loop.accelerator
+        bs = max(1, self.cfg.eval.batch_size)
+        mine = data.dev[acc.process_index::acc.num_processes]
+        per_rank = -(-len(data.dev) // acc.num_processes)
+        scored: list[tuple[str, list[str], list[float]]] = []
+
+        def score(models: Mapping[str, nn.Module], queries: list[str], docs: list[list[str]]):
+            return models["retriever"].score(queries, docs)
+
+        with torch.no_grad(), eval_mode(loop.model):
+            for start in range(0, per_rank, bs):      # same number of forwards on every rank
+                chunk = mine[start:start + bs] or data.dev[:1]
+                real = mine[start:start + bs]
+                ids, texts = data.dev_rows(chunk)
+                scores = loop.model(score, [q.retrieval_query for q in chunk], texts)
+                for q, pids, row in zip(real, ids, scores.float().cpu().tolist(), strict=False):
+                    scored.append((q.id, pids, row[:len(pids)]))
+        return parts.dev_metrics(data.dev, parts.gather(scored))
+
+    def restore(self, checkpoint: Path, loop: TrainRecipe) -> None:
+        assert self.data is not None
+        if loop.state.candidates_refreshed_at >= 0:
+            self.data.train_candidates = parts.read_candidate_file(checkpoint / parts.CANDIDATES_FILE)
+
+    # ------------------------------------------------------------ saving
+
+    def save_model(self, name: str, model: nn.Module, path: Path) -> None:
+        if name == "generator":
+            parts.save_generator(model, self.tokenizer, path)
+        else:
+            model.save(path)
+
+    def exporters(self, models: Mapping[str, nn.Module], loop: TrainRecipe
+                  ) -> dict[str, Callable[[Path], None]]:
+        found = super().exporters(models, loop)     # a frozen model is not copied into each
+        if loop.state.candidates_refreshed_at >= 0:
+            assert self.data is not None
+            data = self.data
+            found[parts.CANDIDATES_FILE] = lambda path: parts.write_candidate_file(
+                path, data.train_candidates)
+        return found
+
+    def export_final(self, models: Mapping[str, nn.Module], folder: Path) -> None:
+        parts.save_generator(models["generator"], self.tokenizer, folder / "generator",
+                             merge=self.cfg.train.merge_on_export)
+        models["retriever"].save(folder / "retriever")
+
