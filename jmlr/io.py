@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from jmlr.errors import DataError
+from jmlr.textfile import check_file, json_field, too_deep, utf8_error
 
 
 @contextlib.contextmanager
@@ -59,23 +60,26 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; 1-based line numbers.
 
     Raises DataError naming the file and line for a missing file, malformed JSON, a line
-    that is not an object, or a file with no rows.
+    that is not an object, bytes that are not UTF-8, or a file with no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
+    path = check_file(path)
     seen = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, lineno, None, f"malformed JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, None, "expected a JSON object on each line")
-            seen += 1
-            yield lineno, obj
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(path, lineno, None, f"malformed JSON ({err.msg})") from None
+                except RecursionError:
+                    raise too_deep(path, lineno) from None
+                if not isinstance(obj, dict):
+                    raise DataError(path, lineno, None, "expected a JSON object on each line")
+                seen += 1
+                yield lineno, obj
+    except UnicodeDecodeError:
+        raise utf8_error(path, json_field) from None
     if seen == 0:
         raise DataError(path, None, None, "file is empty")

@@ -54,7 +54,7 @@ from jmlr.data.rows import (
     iter_parquet_rows,
     require_file,
 )
-from jmlr.data.schema import MCQ, check_unique_ids, option_letters
+from jmlr.data.schema import LETTERS, MCQ, check_unique_ids, option_letters
 from jmlr.errors import DataError
 from jmlr.io import write_jsonl
 
@@ -101,8 +101,8 @@ def _letter(row: _Row, field: str, value: Any, options: dict[str, str]) -> str:
 
 
 def _lettered(row: _Row, field: str, texts: list[Any]) -> dict[str, str]:
-    if len(texts) < 2:
-        raise row.error(field, f"need at least two options, got {len(texts)}")
+    if not 2 <= len(texts) <= len(LETTERS):
+        raise row.error(field, f"need between 2 and {len(LETTERS)} options (A-Z), got {len(texts)}")
     options = {}
     for letter, text in zip(option_letters(len(texts)), texts, strict=True):
         if not isinstance(text, str | int | float) or not str(text).strip():
