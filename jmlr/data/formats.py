@@ -45,6 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from jmlr.data.kb import check_kb, is_kb_row
 from jmlr.data.refparse import parse_output, split_options
 from jmlr.data.rows import (
     JSON_SUFFIXES,
@@ -244,6 +245,8 @@ def _format_list() -> str:
 def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, format) judged from one row's keys, or None when nothing fits."""
     keys = set(row)
+    if is_kb_row(row):
+        return "kb", "kb"
     if "input" in keys and "output" in keys:
         return "questions", "jmlr_ref"
     if {"opa", "opb"} <= keys:  # not "cop": test-split rows lack it and get a clear error
@@ -260,9 +263,9 @@ def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def sniff(path: str | Path) -> tuple[str, str]:
-    """Whether ``path`` holds questions or passages, and in which format.
+    """Whether ``path`` holds questions, passages or KB concepts, and in which format.
 
-    Returns ("questions", question format) or ("corpus", corpus format). Raises DataError
+    Returns ("questions", question format), ("corpus", corpus format) or ("kb", "kb"). Raises DataError
     naming the file and listing the known formats when nothing fits.
     """
     path = require_file(path)
@@ -281,15 +284,15 @@ def sniff(path: str | Path) -> tuple[str, str]:
     raise DataError(path, None, "format",
                     "cannot tell the format from the extension and the first row's keys; "
                     f"name it with --format / data.format (question formats: {_format_list()}; "
-                    "corpus formats: jsonl, tsv, parquet)")
+                    "corpus formats: jsonl, tsv, parquet; knowledge base: kb)")
 
 
 def detect_format(path: str | Path) -> str:
     """The question format of ``path`` from its extension and first row's keys."""
     kind, fmt = sniff(path)
     if kind != "questions":
-        raise DataError(path, None, "format",
-                        f"looks like a passage corpus ({fmt}), not a question file "
+        what = "a knowledge base" if kind == "kb" else f"a passage corpus ({fmt})"
+        raise DataError(path, None, "format", f"looks like {what}, not a question file "
                         f"(question formats: {_format_list()})")
     return fmt
 
@@ -355,7 +358,8 @@ def summarise_questions(questions: list[MCQ], fmt: str) -> dict[str, Any]:
 
 
 def check_data(path: str | Path, fmt: str = "auto", medmcqa_one_based: bool = False) -> dict[str, Any]:
-    """Validate a question file or a passage corpus and summarise it (``jmlr check-data``)."""
+    """Validate a question file, a passage corpus or a knowledge base and summarise it
+    (``jmlr check-data``)."""
     from jmlr.data import corpus
 
     if fmt == "auto":
@@ -364,10 +368,14 @@ def check_data(path: str | Path, fmt: str = "auto", medmcqa_one_based: bool = Fa
         kind = "questions"
     elif fmt in corpus.CORPUS_FORMATS:
         kind = "corpus"
+    elif fmt == "kb":
+        kind = "kb"
     else:
         raise DataError(path, None, "format",
                         f"unknown format {fmt!r} (question formats: {_format_list()}; "
-                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)})")
+                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)}; knowledge base: kb)")
+    if kind == "kb":
+        return check_kb(path)
     if kind == "corpus":
         passages = corpus.load_corpus(path, fmt=fmt, dedup=False)
         distinct = len({p.text for p in passages})
