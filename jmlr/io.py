@@ -83,3 +83,17 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise utf8_error(path, json_field) from None
     if seen == 0:
         raise DataError(path, None, None, "file is empty")
+
+
+def check_safetensors(path: str | Path) -> None:
+    """DataError unless ``path`` is a complete safetensors file: its header is read and
+    checked against the file's size (no tensor is loaded), so a truncated or damaged file
+    is found in milliseconds instead of after the model around it has been built."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise DataError(path, None, None, f"damaged safetensors file ({err}); copy or export "
+                        "it again") from None
