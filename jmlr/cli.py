@@ -31,7 +31,8 @@ def _config(args: argparse.Namespace):
 
 def cmd_prepare_demo(args: argparse.Namespace) -> int:
     summary = _target("jmlr.data.demo", "prepare_demo")(
-        out_dir=args.out, seed=args.seed, n_diseases=args.diseases, n_questions=args.questions)
+        out_dir=args.out, seed=args.seed, n_diseases=args.diseases, n_questions=args.questions,
+        overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--diseases", type=int, default=600, help="diseases in the corpus")
     p.add_argument("--questions", type=int, default=600, help="questions over all splits")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that holds no demo task")
     p.set_defaults(func=cmd_prepare_demo)
 
     p = subs.add_parser("check-data", help="validate a question file or corpus and summarise it")
