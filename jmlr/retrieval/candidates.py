@@ -29,6 +29,7 @@ from jmlr.data.schema import MCQ, Candidates, read_candidates, write_candidates
 from jmlr.errors import ConfigError, DataError
 from jmlr.io import write_json
 from jmlr.retrieval.mining import (
+    check_mined_corpus,
     latency_summary,
     mining_identity,
     partial_path,
@@ -129,7 +130,9 @@ def _open_index(cfg: Config, checkpoint: str | Path | None = None) -> _OpenIndex
     index_dir = cfg.index_dir.expanduser().resolve()
     manifest = plaid.read_manifest(index_dir)
     encoder = resolve_location(str(checkpoint), "checkpoint").resolve() if checkpoint else None
-    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen)
+    corpus = resolve_location(cfg.data.corpus, "data.corpus").stat()   # an edited corpus is checked again
+    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen,
+           repr(cfg.data), corpus.st_mtime_ns, corpus.st_size)
     if key not in _OPEN:
         passages = load_corpus_from_config(cfg.data)
         plaid.check_corpus(manifest, passages, corpus_fingerprint(passages), index_dir)
@@ -259,12 +262,16 @@ def reindex(cfg: Config, scorer: TrainableScorer) -> dict[str, Any]:
 # Mining
 
 
-def load_candidates(cfg: Config, split: str) -> dict[str, Candidates]:
-    """The mined candidates of one split, by question id."""
+def load_candidates(cfg: Config, split: str,
+                    corpus_fingerprint: str | None = None) -> dict[str, Candidates]:
+    """The mined candidates of one split, by question id; ConfigError when their record says
+    they were mined over another corpus than the one of fingerprint ``corpus_fingerprint``."""
     path = cfg.candidates_dir / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(path, None, None, f"no candidates for split {split!r}; "
                         "run `jmlr mine -c CONFIG` first")
+    if corpus_fingerprint is not None:
+        check_mined_corpus(cfg.candidates_dir, split, corpus_fingerprint)
     return {c.question_id: c for c in read_candidates(path)}
 
 
