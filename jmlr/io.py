@@ -30,14 +30,40 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[TextIO]:
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~user_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def user_umask() -> int:
+    """The process's umask; read from /proc where it can be (``os.umask`` can only be read
+    by setting it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and all it holds) the permissions that mkdir() and
+    open() give under the user's umask: folders and executables 0777, other files 0666, less
+    the umask. ``tempfile.mkdtemp`` makes private 0700 folders and safetensors writes 0600
+    files; call this before such a result is moved into place."""
+    path = Path(path)
+    umask = user_umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or item.stat().st_mode & 0o111
+        os.chmod(item, (0o777 if executable else 0o666) & ~umask)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -24,6 +24,8 @@ import numpy as np
 import scipy.sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from jmlr.io import apply_umask
+
 log = logging.getLogger(__name__)
 
 # The TF-IDF / HNSW recipe. scispaCy's released UMLS index uses M=100, efConstruction=2000
@@ -108,6 +110,7 @@ def cached_index_dir(kb_path: Path, aliases: Collection[str],
         log.info("building the KB index for %s (%d aliases) in %s",
                  kb_path, len(aliases), folder)
         build_index(sorted(aliases), tmp)
+        apply_umask(tmp)   # mkdtemp's folder is private; the cache is not
         if folder.exists() and not (folder / "recipe.json").is_file():
             shutil.rmtree(folder)        # left by something that was not build_index
         try:

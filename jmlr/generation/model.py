@@ -28,6 +28,7 @@ import torch
 from jmlr.config import GeneratorConfig
 from jmlr.errors import ConfigError
 from jmlr.generation.sources import LLAMA_FAMILY, check_architecture, local_model_dir
+from jmlr.io import apply_umask
 
 __all__ = ["LLAMA_FAMILY", "load_generator", "load_trained_generator", "local_model_dir",
            "merge_and_save", "save_generator", "trainable_parameter_summary"]
@@ -229,6 +230,7 @@ def _write_folder(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
     old = out.parent / f".{out.name}.old"
     try:
         fill(tmp)
+        apply_umask(tmp)   # mkdtemp's folder is 0700 and safetensors writes 0600 files
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.rename(out, old)

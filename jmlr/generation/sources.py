@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from jmlr.errors import ConfigError
-from jmlr.io import write_json
+from jmlr.io import apply_umask, write_json
 from jmlr.resources import find_one, resolve_location
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "source.json", {"gguf": str(gguf), "cache_key": target.name,
                                           "seconds": round(time.perf_counter() - started, 2)})
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other
+        apply_umask(tmp)  # mkdtemp makes it private; the cache is shared like any other
         try:
             os.rename(tmp, target)
         except OSError:

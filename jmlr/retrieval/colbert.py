@@ -36,6 +36,7 @@ import torch
 from transformers import AutoTokenizer
 
 from jmlr.errors import ConfigError
+from jmlr.io import apply_umask
 from jmlr.resources import resolve_location
 from jmlr.retrieval.folders import folder_sha256
 
@@ -297,6 +298,7 @@ def prepare_checkpoint(location: str, dim: int, cache_dir: str | Path) -> Path:
         (tmp / SOURCE_RECORD).write_text(json.dumps(
             {"source": str(path), "source_sha256": digest, "dim": dim,
              "projection_seed": PROJECTION_SEED}, indent=2) + "\n", encoding="utf-8")
+        apply_umask(tmp)   # the weights were written 0600
         try:
             tmp.rename(target)
         except OSError:

@@ -20,6 +20,7 @@ from torch import nn
 from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates, Passage, read_candidates, write_candidates
 from jmlr.errors import ConfigError, UserError
+from jmlr.io import apply_umask
 from jmlr.training.objective import JointStepOutput, joint_step
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def export_final(folder: Path, generator: nn.Module, retriever: nn.Module, token
     tmp.mkdir(parents=True)
     save_generator(generator, tokenizer, tmp / "generator", merge=merge)
     retriever.save(tmp / "retriever")
+    apply_umask(tmp)   # weights that safetensors wrote 0600 get the user's umask
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
