@@ -269,6 +269,11 @@ def test_check_data_accepts_and_checks_a_kb(tmp_path, run_cli):
     assert f"{twice}:9: field 'concept_id': duplicate id '{FEVER}' (first on line 2)" in err
     code, out, _ = run_cli("check-data", kb, "--format", "kb")
     assert code == 0 and json.loads(out)["aliases"] == 9
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps(KB_ROWS[0]).encode() + b"\n"
+                       + json.dumps(KB_ROWS[1]).encode().replace(b"Fever", b"Fi\xe8vre") + b"\n")
+    code, _, err = run_cli("check-data", latin1)
+    assert code == 2 and f"{latin1}:2: field 'canonical_name': byte 0xe8" in err
 
 
 def test_importing_the_linker_prints_no_nmslib_registrations(tmp_path):
