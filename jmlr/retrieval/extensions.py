@@ -6,8 +6,8 @@ for that file to go away. A build killed hard (``kill -9``, a lost machine) leav
 behind, and every later command then hangs. :func:`guarded_load` stands in front of torch's
 ``load`` for each colbert-ai extension (``colbert.py`` installs it):
 
-- jmlr processes take turns through an ``flock`` beside the build folder (the kernel releases
-  it when its holder dies, so it can never go stale), saying so when they have to wait;
+- jmlr processes take turns to judge and clear a lock, through an ``flock`` beside the build
+  folder (the kernel releases it when its holder dies, so it can never go stale);
 - a ``lock`` that no live process holds open and no process builds beside (``/proc``) is
   stale: it is removed together with the half-built outputs, with a warning, and the
   extension is built again;
@@ -17,7 +17,8 @@ behind, and every later command then hangs. :func:`guarded_load` stands in front
 - a cold cache logs "compiling colbert-ai's extensions (about N minutes, once)" first.
 
 This module imports neither colbert-ai nor anything heavy; tests call
-:func:`clear_stale_lock` directly on a planted lock.
+:func:`clear_stale_lock` directly on a planted lock. torch's own silent wait remains only
+for a lock made between our look and torch's (a live build, which then finishes).
 """
 
 from __future__ import annotations
@@ -106,56 +107,59 @@ def _describe(state: LockState) -> str:
     return f"{state.age_s / 60:.0f} min old"
 
 
+def _clear_if_stale(build_dir: Path) -> tuple[bool, LockState | None]:
+    """(cleared, a lock to look at again or None): one look at the lock, clearing it when
+    it is stale and still the same file a moment later."""
+    state = lock_state(build_dir)
+    if state is None or not state.stale:
+        return False, state
+    time.sleep(0.5)   # a builder between closing and removing its lock removes it now
+    again = lock_state(build_dir)
+    if again is None or again.inode != state.inode or not again.stale:
+        return False, again
+    log.warning("colbert-ai's extension build in %s was interrupted (its lock is %s and no "
+                "process holds it): removing the lock and the partial build, and compiling "
+                "again", build_dir, _describe(again))
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return True, None
+
+
 def clear_stale_lock(build_dir: Path, timeout_s: float = WAIT_TIMEOUT_S,
                      poll_s: float = 1.0) -> bool:
     """Make ``build_dir`` safe to hand to torch: remove a stale lock (and the half-built
     outputs beside it), wait with a log line while a live one is held, and raise UserError
     with the fixing command after ``timeout_s``. Returns whether a stale lock was removed.
 
-    Call it while holding :func:`build_turn` for the same folder, so that no other jmlr
-    process builds there meanwhile.
+    Each look happens in :func:`build_turn`, so two jmlr processes never both clear a lock
+    (one made since is another inode, and held); nobody holds the turn while waiting.
     """
     started, told = time.monotonic(), False
-    while (state := lock_state(build_dir)) is not None:
-        if state.stale:
-            time.sleep(min(poll_s, 0.5))   # a builder between closing and removing its lock
-            again = lock_state(build_dir)
-            if again is None:
-                return False
-            if again.inode == state.inode and again.stale:
-                log.warning("colbert-ai's extension build in %s was interrupted (its lock is %s "
-                            "and no process holds it): removing the lock and the partial build, "
-                            "and compiling again", build_dir, _describe(again))
-                shutil.rmtree(build_dir, ignore_errors=True)
-                build_dir.mkdir(parents=True, exist_ok=True)
-                return True
-            continue
+    while True:
+        with build_turn(build_dir):
+            cleared, live = _clear_if_stale(build_dir)
+        if live is None:
+            return cleared
         waited = time.monotonic() - started
         if waited > timeout_s:
             raise UserError(
-                f"colbert-ai's extension build in {build_dir} is still locked ({_describe(state)}) "
+                f"colbert-ai's extension build in {build_dir} is still locked ({_describe(live)}) "
                 f"after {waited / 60:.0f} min; if no build is running there, remove the lock "
-                f"with `rm {state.path}` and run the command again")
+                f"with `rm {live.path}` and run the command again")
         if not told:
             log.info("waiting for another build of colbert-ai's extension in %s (%s) to finish",
-                     build_dir, _describe(state))
+                     build_dir, _describe(live))
             told = True
         time.sleep(poll_s)
-    return False
 
 
 @contextlib.contextmanager
 def build_turn(build_dir: Path) -> Iterator[None]:
-    """One jmlr process at a time loads (and builds) the extension of ``build_dir``; an
-    ``flock`` the kernel drops with its holder, so it cannot go stale like torch's lock."""
+    """One jmlr process at a time judges (and clears) the lock of ``build_dir``; an ``flock``
+    the kernel drops with its holder, so it cannot go stale like torch's lock."""
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(build_dir.parent / f".{build_dir.name}.jmlr-turn", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another jmlr process is compiling or loading colbert-ai's extension in %s; "
-                     "waiting for it", build_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX)   # held for a stat, or while a stale lock is cleared
         try:
             yield
         finally:
@@ -166,7 +170,11 @@ def build_directory(name: str) -> Path:
     """Where torch builds the extension ``name`` (``TORCH_EXTENSIONS_DIR`` or its default)."""
     from torch.utils import cpp_extension
 
-    return Path(cpp_extension._get_build_directory(name, verbose=False))
+    find = getattr(cpp_extension, "_get_build_directory", None)   # private: may move
+    if find is not None:
+        return Path(find(name, verbose=False))
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / name
 
 
 def is_built(build_dir: Path, name: str) -> bool:
@@ -180,10 +188,9 @@ def guarded_load(*args: Any, **kwargs: Any) -> Any:
     global _announced
     name = kwargs["name"] if "name" in kwargs else args[0]
     build_dir = Path(kwargs.get("build_directory") or build_directory(name))
-    with build_turn(build_dir):
-        cleared = clear_stale_lock(build_dir)
-        if (cleared or not is_built(build_dir, name)) and not _announced:
-            log.info("compiling colbert-ai's extensions (about %d minutes, once; later commands "
-                     "load them in seconds)", COMPILE_MINUTES)
-            _announced = True
-        return cpp_extension.load(*args, **kwargs)
+    cleared = clear_stale_lock(build_dir)
+    if (cleared or not is_built(build_dir, name)) and not _announced:
+        log.info("compiling colbert-ai's extensions (about %d minutes, once; later commands "
+                 "load them in seconds)", COMPILE_MINUTES)
+        _announced = True
+    return cpp_extension.load(*args, **kwargs)
