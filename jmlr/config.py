@@ -33,6 +33,7 @@ from jmlr.config_fields import (
     validate_tree,
 )
 from jmlr.errors import ConfigError
+from jmlr.textfile import read_text, yaml_key
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -357,9 +358,10 @@ def _sections(cfg: Config) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file {path} is a directory" if path.is_dir()
+                          else f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text(path, yaml_key)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from jmlr.errors import DataError
+from jmlr.textfile import check_file, json_field, too_deep, utf8_error
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[TextIO]:
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~user_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -40,10 +41,32 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[TextIO]:
         raise
 
 
-def _umask() -> int:
-    umask = os.umask(0)
+def user_umask() -> int:
+    """The process's umask; read from /proc where it can be (``os.umask`` can only be read
+    by setting it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and all it holds) the permissions that mkdir() and
+    open() give under the user's umask: folders and executables 0777, other files 0666, less
+    the umask. ``tempfile.mkdtemp`` makes private 0700 folders and safetensors writes 0600
+    files; call this before such a result is moved into place."""
+    path = Path(path)
+    umask = user_umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or item.stat().st_mode & 0o111
+        os.chmod(item, (0o777 if executable else 0o666) & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -106,7 +129,7 @@ def exclusive(lock_path: str | Path, what: str = "") -> Iterator[None]:
 
 def publish_folder(tmp: Path, target: Path, keep: Callable[[Path], bool] | None = None) -> None:
     """Rename the finished folder ``tmp`` onto ``target`` (see :func:`building_folder`)."""
-    os.chmod(tmp, 0o777 & ~_umask())         # mkdtemp makes folders private (0700)
+    apply_umask(tmp)                           # mkdtemp folders are 0700, safetensors files 0600
     if target.exists() and keep is not None and keep(target):
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: keep theirs
         return
@@ -128,7 +151,8 @@ def building_folder(target: str | Path,
     An existing ``target`` is moved aside and removed once the new one is in place (exports,
     checkpoints), unless ``keep(target)`` says it is complete: in content-addressed caches,
     where another process may finish the same folder first, its copy wins and ours is
-    dropped. The folder gets the permissions a plain ``mkdir`` would (the user's umask).
+    dropped. The folder and its files get the permissions a plain ``mkdir`` and ``open`` would
+    (the user's umask).
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -169,23 +193,40 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; 1-based line numbers.
 
     Raises DataError naming the file and line for a missing file, malformed JSON, a line
-    that is not an object, or a file with no rows.
+    that is not an object, bytes that are not UTF-8, or a file with no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
+    path = check_file(path)
     seen = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, lineno, None, f"malformed JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, None, "expected a JSON object on each line")
-            seen += 1
-            yield lineno, obj
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(path, lineno, None, f"malformed JSON ({err.msg})") from None
+                except RecursionError:
+                    raise too_deep(path, lineno) from None
+                if not isinstance(obj, dict):
+                    raise DataError(path, lineno, None, "expected a JSON object on each line")
+                seen += 1
+                yield lineno, obj
+    except UnicodeDecodeError:
+        raise utf8_error(path, json_field) from None
     if seen == 0:
         raise DataError(path, None, None, "file is empty")
+
+
+def check_safetensors(path: str | Path) -> None:
+    """DataError unless ``path`` is a complete safetensors file: its header is read and
+    checked against the file's size (no tensor is loaded), so a truncated or damaged file
+    is found in milliseconds instead of after the model around it has been built."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise DataError(path, None, None, f"damaged safetensors file ({err}); copy or export "
+                        "it again") from None

@@ -34,13 +34,15 @@ def _prepare_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--diseases", type=int, default=600, help="diseases in the corpus")
     p.add_argument("--questions", type=int, default=600, help="questions over all splits")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that holds no demo task")
 
 
 def _prepare_demo(_cfg: None, args: argparse.Namespace) -> None:
     from jmlr.data.demo import prepare_demo
 
     _print_json(prepare_demo(out_dir=args.out, seed=args.seed, n_diseases=args.diseases,
-                             n_questions=args.questions))
+                             n_questions=args.questions, overwrite=args.overwrite))
 
 
 def _prepare_demo_in_demo(cfg: Config, quick: bool) -> Any:

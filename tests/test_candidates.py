@@ -185,3 +185,34 @@ def test_distributed_mining_splits_questions_and_merges_on_rank_0(task, cfg, tmp
     assert all(together[q].passage_ids == alone[q].passage_ids for q in alone)
     assert done.stdout.count("dev: 8 questions") == 1   # rank 0 alone reports
     assert not list(out.glob("dev.jsonl.partial*"))
+
+
+def test_candidates_of_a_changed_corpus_are_refused_by_training_and_evaluation(task, cfg, tmp_path,
+                                                                              caplog):
+    import dataclasses
+    import logging
+
+    from jmlr.data.corpus import write_corpus
+    from jmlr.evaluation.passages import candidate_pool, corpus_texts
+    from jmlr.training.components import load_training_data
+
+    cd.run_mine(cfg, ["train", "dev"])
+    meta = json.loads((cfg.candidates_dir / "dev.meta.json").read_text())
+    assert meta["corpus_fingerprint"] == task.manifest["corpus"]["fingerprint"]
+    assert meta["index_build_id"] == task.manifest["build_id"]
+    assert meta["retriever_sha256"] == task.manifest["checkpoint"]["sha256"]
+    assert len(load_training_data(cfg).train_candidates) == len(task.train)   # unchanged: fine
+
+    # one passage's text changes, its id stays: every candidate id is still in the corpus
+    changed = [dataclasses.replace(p, text=p.text + " Revised.") if i == 3 else p
+               for i, p in enumerate(task.passages)]
+    write_corpus(tmp_path / "corpus.jsonl", changed)
+    cfg.data = dataclasses.replace(cfg.data, corpus=str(tmp_path / "corpus.jsonl"))
+    with pytest.raises(ConfigError, match=r"mined over another corpus.*"
+                                          r"`jmlr index --overwrite` and `jmlr mine`"):
+        load_training_data(cfg)
+    # evaluation says so and searches afresh, which the index (of the old corpus) refuses
+    with caplog.at_level(logging.INFO, logger="jmlr.evaluation.passages"), \
+            pytest.raises(ConfigError, match="rebuild it with `jmlr index --overwrite`"):
+        candidate_pool(cfg, "dev", task.dev, corpus_texts(cfg), from_split=True)
+    assert "mined over another corpus" in caplog.text

@@ -113,3 +113,63 @@ def test_bad_input_exits_2_with_one_located_line(run_cli, tmp_path: Path, case: 
 def test_missing_file(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("check-data", tmp_path / "nope.jsonl")
     assert code == 2 and "file not found" in err and str(tmp_path / "nope.jsonl") in err
+
+
+def _unreadable_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """case -> (file, strings the one error line must contain): bytes that are not UTF-8,
+    binary data, too many options, nesting too deep, a folder instead of a file."""
+    row = json.dumps({"id": "q1", "question": "CAFE?", "options": {"A": "x", "B": "y"},
+                      "answer": "A"}).encode()
+    cases: dict[str, tuple[Path, list[str]]] = {}
+
+    def add(case: str, name: str, data: bytes, expect: list[str]) -> None:
+        path = tmp_path / name
+        path.write_bytes(data)
+        cases[case] = (path, [str(path) + s if s.startswith(":") else s for s in expect])
+
+    add("latin-1 jsonl", "latin1.jsonl", row + b"\n" + row.replace(b"CAFE", b"caf\xe9"),
+        [":2:", "field 'question'", "byte 0xe9", "not UTF-8"])
+    add("latin-1 csv", "anatomy_test.csv", b"What?,a,b,c,d,A\nWh\xe9re?,a,b,c,d,B\n",
+        [":2:", "column 1", "byte 0xe9"])
+    add("latin-1 tsv corpus", "collection.tsv", b"p1\tgood\np2\tbad \xff\n",
+        [":2:", "field 'text'", "byte 0xff"])
+    add("binary named jsonl", "binary.jsonl", bytes([*range(128, 256), *range(128)]) * 4, [":1:", "binary data"])
+    many = {chr(65 + i): f"option {i}" for i in range(26)} | {"AA": "one more"}
+    add("27 options", "many.jsonl", json.dumps({"id": "q1", "question": "?", "options": many,
+                                                "answer": "A"}).encode() + b"\n",
+        [":1:", "field 'options'", "at most 26 options", "got 27"])
+    add("27 choices", "mmlu.jsonl", json.dumps({"question": "?", "choices": ["c"] * 27,
+                                                "answer": 0}).encode() + b"\n",
+        [":1:", "field 'choices'", "got 27"])
+    deep = b'{"id": "q1", "question": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    add("nested 100000 deep", "deep.jsonl", deep, [":1:", "nested too deeply"])
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    cases["a directory"] = (folder, [f"{folder}: is a directory"])
+    return cases
+
+
+@pytest.mark.parametrize("case", ["latin-1 jsonl", "latin-1 csv", "latin-1 tsv corpus",
+                                  "binary named jsonl", "27 options", "27 choices",
+                                  "nested 100000 deep", "a directory"])
+def test_unreadable_input_exits_2_with_one_located_line(run_cli, tmp_path: Path, case: str) -> None:
+    path, expected = _unreadable_inputs(tmp_path)[case]
+    code, out, err = run_cli("check-data", path)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+def test_a_byte_order_mark_does_not_turn_the_tsv_header_into_a_passage(tmp_path: Path) -> None:
+    from jmlr.data.corpus import load_corpus
+
+    path = tmp_path / "collection.tsv"
+    path.write_bytes("\ufeffid\ttext\np1\tGout is arthritis.\n".encode())
+    assert [(p.id, p.text) for p in load_corpus(path)] == [("p1", "Gout is arthritis.")]
+    csv = tmp_path / "anatomy_test.csv"
+    csv.write_bytes("\ufeffWhat?,a,b,c,d,A\n".encode())
+    from jmlr.data.formats import load_questions
+
+    assert load_questions(csv)[0].question == "What?"

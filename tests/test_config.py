@@ -144,3 +144,13 @@ def test_atomic_write_leaves_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temp file left
+
+
+def test_a_config_that_is_not_utf8_or_a_folder_is_one_located_line(run_cli, tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"run:\n  seed: 0\ndata:\n  corpus: caf\xe9.jsonl\n")
+    code, _, err = run_cli("index", "-c", bad)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{bad}:4: field 'corpus': byte 0xe9" in err
+    code, _, err = run_cli("index", "-c", tmp_path)
+    assert code == 2 and f"config file {tmp_path} is a directory" in err

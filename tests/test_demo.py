@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from jmlr.data import hpo
 from jmlr.data.demo import load_source, prepare_demo
+from jmlr.data.demo_folder import MARKER
 from jmlr.data.schema import MCQ
 from jmlr.errors import ConfigError
 
@@ -239,3 +241,34 @@ def test_obo_parser_on_the_real_file():
     assert any(s.kind == "layperson" for s in arachnodactyly.synonyms)
     assert onto.is_a("HP:0001166", hpo.PHENOTYPIC_ABNORMALITY)
     assert not onto.is_a(hpo.PHENOTYPIC_ABNORMALITY, "HP:0001166")
+
+
+def test_a_folder_of_the_users_files_is_refused_unless_overwrite(run_cli, tmp_path, built):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "corpus.jsonl").write_text('{"id": "p1", "text": "My own passage."}\n', encoding="utf-8")
+    args = ("--diseases", SMALL["n_diseases"], "--questions", SMALL["n_questions"])
+    code, out, err = run_cli("prepare-demo", "--out", mine, *args)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"--out {mine} is not empty" in err and "--overwrite" in err
+    assert (mine / "corpus.jsonl").read_text(encoding="utf-8") == '{"id": "p1", "text": "My own passage."}\n'
+    code, _, err = run_cli("prepare-demo", "--out", mine, *args, "--overwrite")
+    assert code == 0, err
+    assert "My own passage." not in (mine / "corpus.jsonl").read_text(encoding="utf-8")
+
+
+def test_a_previous_or_interrupted_demo_task_is_written_again(run_cli, tmp_path, built):
+    out, _ = built
+    args = ("--diseases", SMALL["n_diseases"], "--questions", SMALL["n_questions"])
+    finished = tmp_path / "finished"
+    shutil.copytree(out, finished)
+    code, _, err = run_cli("prepare-demo", "--out", finished, *args, "--seed", 1)
+    assert code == 0, err
+    assert sorted(p.name for p in finished.iterdir()) == sorted(FILES)   # marker removed
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / MARKER).write_text("", encoding="utf-8")
+    shutil.copy(out / "corpus.jsonl", interrupted / "corpus.jsonl")
+    code, _, err = run_cli("prepare-demo", "--out", interrupted, *args)
+    assert code == 0, err
+    assert (interrupted / "README.md").is_file() and not (interrupted / MARKER).exists()

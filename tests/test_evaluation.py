@@ -31,6 +31,7 @@ from jmlr.evaluation.metrics import (
 from jmlr.evaluation.scoring import ScoringItem, score_options
 from jmlr.generation import prompts
 from jmlr.generation.model import load_generator
+from jmlr.io import write_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 N_QUESTIONS = 6
@@ -214,6 +215,7 @@ def test_evaluate_without_retrieval_answers_every_question_by_every_method(world
                               "aliases": ["syndromes"], "types": ["T047"], "definition": ""}) + "\n")
     cfg = config(world, run_dir, "eval.modes=[none]", "eval.scoring=[letter, option_text, generate]",
                  "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=6", f"factuality.kb={kb}")
+    make_run_folder(run_dir, cfg)
     metrics = run_evaluate(cfg, run_dir)
     out = capsys.readouterr().out
     assert "| mode | scoring | test | Average |" in out and "| no retrieval | letter |" in out
@@ -257,6 +259,13 @@ def test_evaluate_without_retrieval_answers_every_question_by_every_method(world
     report = json.loads((run_dir / "eval" / "test" / "report.json").read_text())
     assert sorted(e["id"] for e in report["examples"]) == sorted(questions)
     assert all(e["reference_concepts"] for e in report["examples"])   # "syndrome ..." is linked
+
+
+def make_run_folder(run_dir: Path, cfg) -> Path:
+    """A run folder as `jmlr train` starts it (its config.yaml), without trained weights."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    return run_dir
 
 
 def make_trained_run(world: World, run_dir: Path, cfg) -> None:
@@ -352,8 +361,8 @@ def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(w
 def test_cli_trained_mode_needs_a_trained_run(world, run_cli, tmp_path):
     cfg = config(world, tmp_path)
     cfg.save(tmp_path / "config.yaml")
-    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", tmp_path / "nowhere",
-                           "--mode", "trained")
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml",
+                           "--run", make_run_folder(tmp_path / "untrained", cfg), "--mode", "trained")
     assert code == 2
     assert "final/generator does not exist" in err
 
@@ -368,6 +377,7 @@ def test_frozen_mode_searches_a_real_plaid_index(tmp_path_factory, capsys):
     run_dir = tmp_path_factory.mktemp("plaid_run")
     cfg = load_config(task.config_path, [f"data.test={task.root / 'dev.jsonl'}", "eval.modes=[frozen]",
                                          "eval.scoring=[letter]", "jmlr.r_read=3"])
+    make_run_folder(run_dir, cfg)
     metrics = run_evaluate(cfg, run_dir)
     rows = read_predictions(run_dir / "eval" / "test" / "predictions.jsonl")
     assert len(rows) == len(task.dev)
@@ -375,3 +385,124 @@ def test_frozen_mode_searches_a_real_plaid_index(tmp_path_factory, capsys):
     assert all(len(r.retrieved) == 3 and {x["id"] for x in r.retrieved} <= passage_ids for r in rows)
     recall = metrics["retrieval"]["test"]["frozen"]
     assert recall["n_questions"] == len(task.dev) and recall["recall@8"] >= recall["recall@1"]
+
+
+# --- the run folder, checks before loading, re-evaluation ----------------------------------
+
+
+def test_a_mistyped_run_folder_is_one_line_and_creates_nothing(world, run_cli, tmp_path):
+    cfg = config(world, tmp_path / "run", "eval.modes=[none]", "eval.scoring=[letter]")
+    cfg.save(tmp_path / "config.yaml")
+    typo = tmp_path / "rnu"
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", typo, "--mode", "none")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"--run {typo} does not exist" in err
+    assert not typo.exists()
+    (tmp_path / "not_a_run").mkdir()
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", tmp_path / "not_a_run",
+                           "--mode", "none")
+    assert code == 2 and "is not a run folder" in err and "config.yaml" in err
+    assert list((tmp_path / "not_a_run").iterdir()) == []
+
+
+def test_a_truncated_adapter_is_found_before_any_model_loads(world, run_cli, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = config(world, run_dir, "eval.modes=[none, trained]", "eval.scoring=[letter]")
+    make_trained_run(world, run_dir, cfg)
+    cfg.save(tmp_path / "config.yaml")
+    adapter = run_dir / "final" / "generator" / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-100])
+    capsys.readouterr()
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", run_dir)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{adapter}: damaged safetensors file" in err
+    assert not (run_dir / "eval").exists()      # the none mode did not run first
+
+
+def test_a_faulty_kb_stops_evaluate_before_it_answers(world, run_cli, tmp_path):
+    kb = tmp_path / "kb.jsonl"
+    row = {"concept_id": "C1", "canonical_name": "Syndrome", "aliases": [], "types": []}
+    kb.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    cfg = config(world, run_dir, "eval.modes=[none]", "eval.scoring=[letter, generate]",
+                 f"factuality.kb={kb}")
+    make_run_folder(run_dir, cfg)
+    cfg.save(tmp_path / "config.yaml")
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", run_dir)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{kb}:2: field 'concept_id': duplicate id 'C1'" in err
+    assert not (run_dir / "eval").exists()       # no predictions or metrics were written
+
+
+def earlier_evaluation(world: World, run_dir: Path, cfg) -> Path:
+    """What `jmlr evaluate` left after all three modes: predictions, metrics and a UMLS-F
+    report of the generated rationales (frozen and trained generated)."""
+    from jmlr.evaluation.mcq import build_metrics
+
+    questions = world.questions[:3]
+    rows = []
+    for mode in ("none", "frozen", "trained"):
+        for scoring in ("letter", "generate") if mode != "none" else ("letter",):
+            for q in questions:
+                generated = f" {q.answer}: text\nExplanation: old {mode}" if scoring == "generate" else None
+                rows.append(Prediction(q.id, "test", mode, scoring, q.answer, q.answer, True,
+                                       {} if generated else {"A": -1.0, "B": -2.0},
+                                       [] if mode == "none" else [{"id": "p0", "score": 1.0}],
+                                       generated, generated and f"old {mode}", q.rationale))
+    folder = run_dir / "eval" / "test"
+    retrieval = {"test": {m: {"n_questions": 3, "recall@1": 0.5, "mrr": 0.5} for m in ("frozen", "trained")}}
+    metrics = build_metrics(cfg, rows, {"test": questions}, retrieval, "test", run_dir)
+    metrics["factuality"] = {"n": 6, "f1": 0.5}
+    metrics["timing_s"] = {"none": 1.0, "frozen": 2.0, "trained": 3.0, "total": 6.0}
+    write_jsonl(folder / "predictions.jsonl", (p.to_json() for p in rows))
+    write_json(folder / "metrics.json", metrics)
+    write_json(folder / "report.json", {"predictions": str(folder / "predictions.jsonl"), "examples": []})
+    (folder / "report.html").write_text("<html></html>", encoding="utf-8")
+    return folder
+
+
+def test_re_evaluating_one_mode_keeps_the_other_modes_results(world, run_cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config(world, run_dir, "eval.limit=3", "eval.max_new_tokens=4")
+    make_run_folder(run_dir, cfg)
+    folder = earlier_evaluation(world, run_dir, cfg)
+    earlier = {(r.mode, r.scoring, r.id): r for r in read_predictions(folder / "predictions.jsonl")}
+    cfg.save(tmp_path / "config.yaml")
+
+    code, out, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", run_dir,
+                             "--mode", "none", "eval.scoring=[letter]")
+    assert code == 0, err
+    rows = read_predictions(folder / "predictions.jsonl")
+    assert len(rows) == 3 * 5                       # none/letter anew; frozen and trained kept
+    for r in rows:
+        if r.mode == "none":
+            assert r.option_scores != earlier["none", "letter", r.id].option_scores
+        else:
+            assert r == earlier[r.mode, r.scoring, r.id]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["modes"] == ["none", "frozen", "trained"]
+    assert set(metrics["results"]["test"]["trained"]) == {"letter", "generate"}
+    assert metrics["retrieval"]["test"]["trained"]["mrr"] == 0.5
+    assert [(r["mode"], r["scoring"]) for r in metrics["table"]["rows"]] == [
+        ("none", "letter"), ("frozen", "letter"), ("frozen", "generate"), ("trained", "letter"),
+        ("trained", "generate")]
+    assert "| trained retriever (JMLR) | generate |" in out
+    # the UMLS-F report scored rationales that are all still there: it stays
+    assert (folder / "report.json").is_file() and metrics["factuality"] == {"n": 6, "f1": 0.5}
+    assert metrics["timing_s"]["trained"] == 3.0
+
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", run_dir,
+                           "--mode", "frozen", "eval.scoring=[generate]", "candidates.top_n=3")
+    assert code == 2    # the frozen mode needs an index: nothing was written or removed
+    assert (folder / "report.json").is_file()
+
+    code, _, err = run_cli("evaluate", "-c", tmp_path / "config.yaml", "--run", run_dir,
+                           "--mode", "none", "eval.scoring=[generate]")
+    assert code == 0, err
+    rows = read_predictions(folder / "predictions.jsonl")
+    assert {(r.mode, r.scoring) for r in rows} == {("none", "letter"), ("none", "generate"),
+                                                   ("frozen", "letter"), ("frozen", "generate"),
+                                                   ("trained", "letter"), ("trained", "generate")}
+    # new generated rationales: the old UMLS-F report no longer matches, so it is gone
+    assert not (folder / "report.json").exists() and not (folder / "report.html").exists()
+    assert "factuality" not in json.loads((folder / "metrics.json").read_text())

@@ -255,3 +255,33 @@ def test_run_factuality_and_cli(tmp_path, kb_path, cache_dir, run_cli):
     code, _, err = run_cli("factuality", "--predictions", preds, f"run.cache_dir={cache_dir}")
     assert code == 2 and "knowledge base" in err
 
+
+
+def test_check_data_accepts_and_checks_a_kb(tmp_path, run_cli):
+    kb = write_lines(tmp_path / "kb.jsonl", KB_ROWS)
+    code, out, err = run_cli("check-data", kb)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["kind"], summary["concepts"], summary["types"]["T047"]) == ("kb", 8, 4)
+    twice = write_lines(tmp_path / "twice.jsonl", [*KB_ROWS, dict(KB_ROWS[1], aliases=[])])
+    code, _, err = run_cli("check-data", twice)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{twice}:9: field 'concept_id': duplicate id '{FEVER}' (first on line 2)" in err
+    code, out, _ = run_cli("check-data", kb, "--format", "kb")
+    assert code == 0 and json.loads(out)["aliases"] == 9
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps(KB_ROWS[0]).encode() + b"\n"
+                       + json.dumps(KB_ROWS[1]).encode().replace(b"Fever", b"Fi\xe8vre") + b"\n")
+    code, _, err = run_cli("check-data", latin1)
+    assert code == 2 and f"{latin1}:2: field 'canonical_name': byte 0xe8" in err
+
+
+def test_importing_the_linker_prints_no_nmslib_registrations(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import logging; logging.basicConfig(level=logging.INFO); "
+              "import jmlr.evaluation.factuality")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "Registering at the factory" not in done.stderr + done.stdout

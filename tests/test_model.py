@@ -203,3 +203,37 @@ def test_full_finetune_save_and_load(cache, tmp_path):
     torch.testing.assert_close(logits(served), expected)
     again = gm.save_generator(model, tokenizer, tmp_path / "generator")  # overwrite in place
     assert again == out and not list(tmp_path.glob(".generator*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_folders_and_weights_follow_the_users_umask(cache, tmp_path, umask):
+    import os
+
+    from tiny_retrieval import make_tiny_bert
+
+    from jmlr.io import building_folder
+    from jmlr.retrieval.colbert import prepare_checkpoint
+    from jmlr.retrieval.scorer import TrainableScorer
+    from jmlr.training.checkpoint import save_trainable
+    from jmlr.training.components import save_generator
+
+    model, tokenizer = gm.load_generator(config(), cache[0])
+    bert = make_tiny_bert(tmp_path / "bert")
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    previous = os.umask(umask)
+    try:
+        converted = prepare_checkpoint(str(bert), 16, tmp_path / "cache")
+        scorer = TrainableScorer.from_checkpoint(converted, 16, 16)
+        with building_folder(tmp_path / "run" / "final") as folder:    # as the loop exports
+            save_generator(model, tokenizer, folder / "generator")
+            scorer.save(folder / "retriever")
+        save_trainable(tmp_path / "trainable.safetensors", model.state_dict(), trainable)
+    finally:
+        os.umask(previous)
+    final = tmp_path / "run" / "final"
+    paths = [final, *final.rglob("*"), converted, *converted.rglob("*"),
+             tmp_path / "trainable.safetensors"]
+    assert (final / "generator" / gm.EXTRAS_FILE) in paths
+    for path in paths:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, (path, oct(mode))

@@ -158,3 +158,25 @@ def test_a_malformed_predictions_file_is_a_clear_error(tmp_path, run_cli):
 def test_a_missing_run_folder_is_a_clear_error(tmp_path, run_cli, missing):
     code, _, err = run_cli("report", "--run", tmp_path / missing)
     assert code == 2 and "run folder not found" in err
+
+
+def test_markup_in_questions_options_and_passages_is_escaped_in_both_reports(tmp_path):
+    import dataclasses
+
+    from jmlr.evaluation.report import run_report
+
+    hostile = dataclasses.replace(
+        QUESTIONS[0], question="<script>alert('q')</script> Which *disease*? [x](javascript:y)",
+        options={"A": "<img src=x onerror=alert(1)>", "B": "Gout", "C": "Migraine"})
+    passages = [dataclasses.replace(PASSAGES[0], text="<iframe src=evil></iframe> fever")]
+    cfg, run = make_run(tmp_path / "hostile", training=False, factuality=False)
+    write_questions(tmp_path / "hostile" / "test.jsonl", [hostile, *QUESTIONS[1:]])
+    write_corpus(tmp_path / "hostile" / "corpus.jsonl", [*passages, *PASSAGES[1:]])
+    run_report(cfg, run)
+    for name in ("report.md", "report.html"):
+        text = (run / name).read_text(encoding="utf-8")
+        for raw in ("<script", "<img src=x", "<iframe"):   # (the HTML's plots are <img> tags)
+            assert raw not in text, (name, raw)
+        assert "&lt;script&gt;alert(" in text and "&lt;iframe src=evil&gt;" in text
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert "\\*disease\\*" in md and "\\[x\\](javascript:y)" in md

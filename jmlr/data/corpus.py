@@ -34,6 +34,7 @@ from jmlr.data.rows import JSON_SUFFIXES, iter_json_rows, iter_parquet_rows, req
 from jmlr.data.schema import MCQ, Passage, check_unique_ids
 from jmlr.errors import ConfigError, DataError
 from jmlr.io import write_jsonl
+from jmlr.textfile import escaped_path, utf8_error
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +113,39 @@ def _passage_from_row(row: dict[str, Any], path: Path, line: int) -> Passage:
     return Passage(str(passage_id).strip(), text.strip(), (title or "").strip() or None)
 
 
+def _tsv_field(line: str) -> str | None:
+    """The field (id, text, title) of a TSV corpus line that holds an undecodable byte.
+
+    >>> _tsv_field("p2\\tbad \\udcff")
+    'text'
+    """
+    fields = dict(zip(("id", "text", "title"), line.rstrip("\r\n").split("\t"), strict=False))
+    return escaped_path(fields)
+
+
 def _tsv_rows(path: Path) -> Iterator[tuple[int, Passage]]:
     path = require_file(path)
     seen = 0
-    with path.open(encoding="utf-8") as handle:
-        for line, raw in enumerate(handle, start=1):
-            raw = raw.rstrip("\r\n")
-            if not raw.strip():
-                continue
-            fields = raw.split("\t")
-            if seen == 0 and fields[0].strip().lower() in ID_FIELDS and len(fields) in (2, 3):
-                continue  # header line
-            if len(fields) not in (2, 3):
-                raise DataError(path, line, None,
-                                f"expected 2 or 3 tab-separated fields (pid, text[, title]), got {len(fields)}")
-            row = {"id": fields[0], "text": fields[1]}
-            if len(fields) == 3:
-                row["title"] = fields[2]
-            seen += 1
-            yield line, _passage_from_row(row, path, line)
+    try:
+        # utf-8-sig: a byte-order mark (Excel, Notepad) would glue itself to the header's "id"
+        with path.open(encoding="utf-8-sig") as handle:
+            for line, raw in enumerate(handle, start=1):
+                raw = raw.rstrip("\r\n")
+                if not raw.strip():
+                    continue
+                fields = raw.split("\t")
+                if seen == 0 and fields[0].strip().lower() in ID_FIELDS and len(fields) in (2, 3):
+                    continue  # header line
+                if len(fields) not in (2, 3):
+                    raise DataError(path, line, None,
+                                    f"expected 2 or 3 tab-separated fields (pid, text[, title]), got {len(fields)}")
+                row = {"id": fields[0], "text": fields[1]}
+                if len(fields) == 3:
+                    row["title"] = fields[2]
+                seen += 1
+                yield line, _passage_from_row(row, path, line)
+    except UnicodeDecodeError:
+        raise utf8_error(path, _tsv_field) from None
     if seen == 0:
         raise DataError(path, None, None, "file is empty (no passages)")
 

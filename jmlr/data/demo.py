@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jmlr.data import hpo, hpo_kb
+from jmlr.data import demo_folder, hpo, hpo_kb
 from jmlr.data.demo_names import TextStyle, family_keys, norm, spelling_key
 from jmlr.data.demo_text import disease_passage_text, rationale_text, readme_text, vignette_text
 from jmlr.data.schema import MCQ, Passage, option_letters
@@ -312,17 +312,20 @@ def build_questions(items: list[DemoDisease], sims: np.ndarray, style: TextStyle
 
 
 def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
-                 n_questions: int = 600, kb_scope: str = "task") -> dict[str, Any]:
+                 n_questions: int = 600, kb_scope: str = "task",
+                 overwrite: bool = False) -> dict[str, Any]:
     """Write the demo task into ``out_dir``; return a summary (counts, seconds).
 
     ``kb_scope``: "task" (phenotypes the corpus names, inheritance and onset terms, with their
-    parents and children) or "all" (every HPO term with a UMLS cross-reference).
+    parents and children) or "all" (every HPO term with a UMLS cross-reference). A non-empty
+    ``out_dir`` that is not a demo task is refused unless ``overwrite``.
     """
     started = time.perf_counter()
     _check_args(n_diseases, n_questions)
     if kb_scope not in ("task", "all"):
         raise ConfigError(f"kb_scope must be 'task' or 'all', got {kb_scope!r}")
     out = Path(out_dir)
+    demo_folder.check_out_dir(out, overwrite)
     source = load_source()
     onto, style, pool = source.onto, source.style, source.pool
     if n_diseases > len(pool):
@@ -344,6 +347,7 @@ def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
     used_terms = set(named) | {t for d in items for t in d.inheritance + d.onset}
     kb = hpo_kb.umls_concepts(onto, None if kb_scope == "all" else hpo_kb.with_neighbours(onto, used_terms))
 
+    demo_folder.mark_in_progress(out)
     counts = {"corpus": write_jsonl(out / "corpus.jsonl", (p.to_json() for p in passages + definitions))}
     for split, mcqs in questions.items():
         counts[split] = write_jsonl(out / f"{split}.jsonl", (q.to_json() for q in mcqs))
@@ -365,6 +369,7 @@ def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
     # README last: its presence marks a complete task folder (jmlr demo relies on it).
     with atomic_write(out / "README.md") as handle:
         handle.write(readme_text(summary, n_questions))
+    demo_folder.mark_finished(out)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 

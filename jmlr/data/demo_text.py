@@ -8,6 +8,7 @@ import random
 import re
 from typing import TYPE_CHECKING, Any
 
+from jmlr.data.demo_folder import README_TITLE
 from jmlr.data.demo_names import TextStyle, spelling_key
 from jmlr.data.hpo import Ontology
 
@@ -201,7 +202,7 @@ def readme_text(summary: dict[str, Any], n_questions: int) -> str:
     construction constants)."""
     k = summary["parameters"]
     q = summary["questions"]
-    return f"""# Demo task: rare-disease diagnosis from HPO phenotypes
+    return f"""{README_TITLE}
 
 Built by `jmlr prepare-demo --seed {summary['seed']} --diseases {summary['diseases']} --questions {n_questions}`
 from the Human Phenotype Ontology release {summary['hpo_version']} (`hp.obo`, `phenotype.hpoa`

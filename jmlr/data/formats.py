@@ -51,6 +51,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from jmlr.data.kb import check_kb, is_kb_row
 from jmlr.data.refparse import parse_output, split_options
 from jmlr.data.rows import (
     JSON_SUFFIXES,
@@ -60,7 +61,7 @@ from jmlr.data.rows import (
     iter_parquet_rows,
     require_file,
 )
-from jmlr.data.schema import MCQ, check_unique_ids, option_letters
+from jmlr.data.schema import LETTERS, MCQ, check_unique_ids, option_letters
 from jmlr.errors import DataError
 from jmlr.io import write_jsonl
 from jmlr.registry import QUESTION_FORMATS
@@ -128,8 +129,8 @@ def _letter(row: _Row, field: str, value: Any, options: dict[str, str]) -> str:
 
 
 def _lettered(row: _Row, field: str, texts: list[Any]) -> dict[str, str]:
-    if len(texts) < 2:
-        raise row.error(field, f"need at least two options, got {len(texts)}")
+    if not 2 <= len(texts) <= len(LETTERS):
+        raise row.error(field, f"need between 2 and {len(LETTERS)} options (A-Z), got {len(texts)}")
     options = {}
     for letter, text in zip(option_letters(len(texts)), texts, strict=True):
         if not isinstance(text, str | int | float) or not str(text).strip():
@@ -283,6 +284,8 @@ def _format_list() -> str:
 def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, format) judged from one row's keys, or None when nothing fits."""
     keys = set(row)
+    if is_kb_row(row):
+        return "kb", "kb"
     detectors = sorted(((fmt.detect_order, name, fmt.detect) for name, fmt in QUESTION_FORMATS.items()
                         if fmt.detect is not None), key=lambda item: item[:2])
     for _, name, detect in detectors:
@@ -294,9 +297,9 @@ def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def sniff(path: str | Path) -> tuple[str, str]:
-    """Whether ``path`` holds questions or passages, and in which format.
+    """Whether ``path`` holds questions, passages or KB concepts, and in which format.
 
-    Returns ("questions", question format) or ("corpus", corpus format). Raises DataError
+    Returns ("questions", question format), ("corpus", corpus format) or ("kb", "kb"). Raises DataError
     naming the file and listing the known formats when nothing fits.
     """
     path = require_file(path)
@@ -316,15 +319,15 @@ def sniff(path: str | Path) -> tuple[str, str]:
     raise DataError(path, None, "format",
                     "cannot tell the format from the extension and the first row's keys; "
                     f"name it with --format / data.format (question formats: {_format_list()}; "
-                    "corpus formats: jsonl, tsv, parquet)")
+                    "corpus formats: jsonl, tsv, parquet; knowledge base: kb)")
 
 
 def detect_format(path: str | Path) -> str:
     """The question format of ``path`` from its extension and first row's keys."""
     kind, fmt = sniff(path)
     if kind != "questions":
-        raise DataError(path, None, "format",
-                        f"looks like a passage corpus ({fmt}), not a question file "
+        what = "a knowledge base" if kind == "kb" else f"a passage corpus ({fmt})"
+        raise DataError(path, None, "format", f"looks like {what}, not a question file "
                         f"(question formats: {_format_list()})")
     return fmt
 
@@ -409,7 +412,8 @@ def summarise_questions(questions: list[MCQ], fmt: str) -> dict[str, Any]:
 
 def check_data(path: str | Path, fmt: str = "auto",
                format_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate a question file or a passage corpus and summarise it (``jmlr check-data``)."""
+    """Validate a question file, a passage corpus or a knowledge base and summarise it
+    (``jmlr check-data``)."""
     from jmlr.data import corpus
 
     if fmt == "auto":
@@ -418,10 +422,14 @@ def check_data(path: str | Path, fmt: str = "auto",
         kind = "questions"
     elif fmt in corpus.CORPUS_FORMATS:
         kind = "corpus"
+    elif fmt == "kb":
+        kind = "kb"
     else:
         raise DataError(path, None, "format",
                         f"unknown format {fmt!r} (question formats: {_format_list()}; "
-                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)})")
+                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)}; knowledge base: kb)")
+    if kind == "kb":
+        return check_kb(path)
     if kind == "corpus":
         passages = corpus.load_corpus(path, fmt=fmt, dedup=False)
         distinct = len({p.text for p in passages})

@@ -8,6 +8,7 @@ the line where a CSV record starts, or the 1-based row number of a parquet table
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,25 +16,27 @@ from typing import Any
 
 from jmlr.errors import DataError
 from jmlr.io import read_jsonl
+from jmlr.textfile import check_file, escaped_path, json_field, read_text, too_deep, utf8_error
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def require_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
+    path = check_file(path)
     if path.stat().st_size == 0:
         raise DataError(path, None, None, "file is empty")
     return path
 
 
 def _first_char(path: Path) -> str:
-    with path.open(encoding="utf-8") as handle:
-        while chunk := handle.read(4096):
-            stripped = chunk.lstrip("\ufeff \t\r\n")
-            if stripped:
-                return stripped[0]
+    try:
+        with path.open(encoding="utf-8") as handle:
+            while chunk := handle.read(4096):
+                stripped = chunk.lstrip("\ufeff \t\r\n")
+                if stripped:
+                    return stripped[0]
+    except UnicodeDecodeError:
+        raise utf8_error(path, json_field) from None
     return ""
 
 
@@ -42,7 +45,7 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
     Decodes item by item so a malformed item is reported at its own line.
     """
-    text = path.read_text(encoding="utf-8").lstrip("\ufeff")
+    text = read_text(path, json_field)
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     line, counted_to, seen = 1, 0, 0
@@ -67,6 +70,8 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise DataError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
+        except RecursionError:
+            raise too_deep(path, line) from None
         if not isinstance(obj, dict):
             raise DataError(path, line, None, "expected a JSON object for each item of the list")
         seen += 1
@@ -108,23 +113,39 @@ def iter_csv_records(path: str | Path, delimiter: str = ",") -> Iterator[tuple[i
     lines); blank records are skipped."""
     path = require_file(path)
     seen = 0
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        start = 1
-        while True:
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as err:
-                raise DataError(path, start, None, f"malformed CSV ({err})") from None
-            line, start = start, reader.line_num + 1
-            if not any(field.strip() for field in record):
-                continue
-            seen += 1
-            yield line, record
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            start = 1
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    raise DataError(path, start, None, f"malformed CSV ({err})") from None
+                line, start = start, reader.line_num + 1
+                if not any(field.strip() for field in record):
+                    continue
+                seen += 1
+                yield line, record
+    except UnicodeDecodeError:
+        raise utf8_error(path, functools.partial(csv_column, delimiter=delimiter)) from None
     if seen == 0:
         raise DataError(path, None, None, "file is empty")
+
+
+def csv_column(line: str, delimiter: str = ",") -> str | None:
+    """"column N" of a CSV line whose field N holds an undecodable byte (1-based).
+
+    >>> csv_column('What?,caf\\udce9,b')
+    'column 2'
+    """
+    for record in csv.reader([line], delimiter=delimiter):
+        for number, field in enumerate(record, start=1):
+            if escaped_path(field, "x"):
+                return f"column {number}"
+    return None
 
 
 def first_row(path: str | Path) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class MCQ:
             raise DataError(path, line, "question", "must be non-empty text")
         if not isinstance(self.options, dict) or len(self.options) < 2:
             raise DataError(path, line, "options", "need at least two options")
+        if len(self.options) > len(LETTERS):
+            raise DataError(path, line, "options", f"at most {len(LETTERS)} options (A-Z), "
+                            f"got {len(self.options)}")
         expected = option_letters(len(self.options))
         if list(self.options) != expected:
             raise DataError(

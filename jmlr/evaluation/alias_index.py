@@ -25,7 +25,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from jmlr.io import building_folder
 
 log = logging.getLogger(__name__)
-logging.getLogger("nmslib").setLevel(logging.WARNING)   # it logs every parameter at INFO
 
 # The TF-IDF / HNSW recipe. scispaCy's released UMLS index uses M=100, efConstruction=2000
 # (hours on 60 threads for ~3M aliases); M=32 / 200 builds a 40k-alias KB in about a minute on

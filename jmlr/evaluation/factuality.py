@@ -33,10 +33,11 @@ from spacy.tokens import Doc, Span
 from tqdm import tqdm
 
 from jmlr.config import Config, FactualityConfig
-from jmlr.errors import ConfigError, DataError
+from jmlr.data.kb import read_kb
+from jmlr.errors import ConfigError
 from jmlr.evaluation.alias_index import INDEX_RECIPE, cached_index_dir, load_index
 from jmlr.evaluation.umls_f import Concept, example_record, read_predictions, render_html, summarize
-from jmlr.io import atomic_write, read_jsonl, write_json
+from jmlr.io import atomic_write, write_json
 from jmlr.resources import resolve_location
 
 log = logging.getLogger(__name__)
@@ -47,49 +48,14 @@ DEFAULT_MODEL = "en_core_sci_sm"
 MENTION_LABEL = "ENTITY"            # the label scispaCy models give their mentions
 CANDIDATES_K = 30                   # nearest aliases looked up per mention (scispaCy's default)
 
-KB_FIELDS = ("concept_id", "canonical_name", "aliases", "types", "definition")
-
-
 # ---------------------------------------------------------------------------------------
 # Knowledge base
 
 
-def _kb_entity(row: dict[str, Any], path: Path, line: int) -> Entity:
-    """One validated KB row; blank aliases are dropped."""
-    for key in row:
-        if key not in KB_FIELDS:
-            raise DataError(path, line, key, f"unknown field (a KB row has {', '.join(KB_FIELDS)})")
-    for key in ("concept_id", "canonical_name"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise DataError(path, line, key, "missing or not a non-empty string")
-    for key in ("aliases", "types"):
-        value = row.get(key, [])
-        if key == "aliases" and key not in row:
-            raise DataError(path, line, key, "missing (a list of strings, may be empty)")
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise DataError(path, line, key, "expected a list of strings")
-    definition = row.get("definition")
-    if definition is not None and not isinstance(definition, str):
-        raise DataError(path, line, "definition", "expected text or null")
-    return Entity(concept_id=row["concept_id"], canonical_name=row["canonical_name"],
-                  aliases=[a for a in row["aliases"] if a.strip()],
-                  types=list(row.get("types", [])), definition=definition)
-
-
 def load_kb(path: str | Path) -> KnowledgeBase:
     """A scispaCy KnowledgeBase from a jsonl file, each line validated (DataError names the
-    file, line and field; duplicate concept ids are an error)."""
-    path = Path(path)
-    entities: list[Entity] = []
-    first_line: dict[str, int] = {}
-    for line, row in read_jsonl(path):
-        entity = _kb_entity(row, path, line)
-        if entity.concept_id in first_line:
-            raise DataError(path, line, "concept_id", f"duplicate id {entity.concept_id!r} "
-                            f"(first on line {first_line[entity.concept_id]})")
-        first_line[entity.concept_id] = line
-        entities.append(entity)
-    return KnowledgeBase(entities)
+    file, line and field; duplicate concept ids are an error): see :mod:`jmlr.data.kb`."""
+    return KnowledgeBase([Entity(**row) for row in read_kb(path)])
 
 
 class MemoCandidateGenerator(CandidateGenerator):

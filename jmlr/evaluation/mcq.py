@@ -41,6 +41,7 @@ from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates
 from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
+from jmlr.evaluation import eval_files
 from jmlr.evaluation import passages as passages_mod
 from jmlr.evaluation.metrics import (
     MODES,
@@ -237,8 +238,7 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
     scorings = list(dict.fromkeys(cfg.eval.scoring))
     if not modes or not scorings:
         raise ConfigError("nothing to evaluate: eval.modes and eval.scoring must not be empty")
-    if "trained" in modes:
-        passages_mod.check_run_dir(run_dir)
+    eval_files.check_before_loading(cfg, run_dir, modes, scorings)  # before any model loads
     device = resolve_device(cfg.run.device)
     datasets = eval_questions(cfg, split)
     out_dir = run_dir / "eval" / split
@@ -299,6 +299,7 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
 
     metrics = build_metrics(cfg, predictions, datasets, retrieval, split, run_dir)
     metrics["timing_s"] = {**timings, "total": round(time.time() - started, 3)}
+    predictions, metrics = eval_files.merge_with_earlier(out_dir, predictions, metrics)
     write_jsonl(out_dir / "predictions.jsonl", (p.to_json() for p in predictions))
     write_json(out_dir / "metrics.json", metrics)
     print(metrics["table_markdown"])

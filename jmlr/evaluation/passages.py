@@ -75,7 +75,7 @@ def candidate_pool(cfg: Config, split: str, questions: Sequence[MCQ], corpus: di
     top_n = cfg.candidates.top_n
     if from_split:
         try:
-            cached = cand_mod.load_candidates(cfg, split)
+            cached = cand_mod.load_candidates(cfg, split, _fingerprint(corpus))
         except (FileNotFoundError, UserError) as err:
             log.info("no mined %s candidates to reuse (%s); searching the index", split, err)
         else:
@@ -90,6 +90,15 @@ def candidate_pool(cfg: Config, split: str, questions: Sequence[MCQ], corpus: di
     if missing:
         raise RuntimeError(f"the index search returned nothing for {len(missing)} question(s)")
     return {q.id: _top(found[q.id], top_n) for q in questions}
+
+
+def _fingerprint(corpus: dict[str, str]) -> str:
+    """``corpus_fingerprint`` of the configured corpus from its texts by id: each text is
+    already the passage's ``full_text``, which an untitled Passage reproduces exactly."""
+    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.data.schema import Passage
+
+    return corpus_fingerprint(Passage(pid, text) for pid, text in corpus.items())
 
 
 def _same_index(cfg: Config, split: str) -> bool:

@@ -28,7 +28,9 @@ from jmlr.evaluation.report_render import (
     esc,
     fmt,
     html_table,
+    md_code,
     md_table,
+    md_text,
     missing,
     render_html,
     render_markdown,
@@ -99,7 +101,7 @@ def accuracy_section(evals: list[EvalResult]) -> Section:
     for e in with_metrics:
         metrics = e.metrics or {}
         table = metrics.get("table") or {"columns": [], "rows": []}
-        parts_md.append(f"### Split `{e.split}`\n\n{markdown_table(table)}")
+        parts_md.append(f"### Split {md_code(e.split)}\n\n{markdown_table(table)}")
         header = ["mode", "scoring", *table["columns"]]
         rows = [[MODE_LABELS.get(r["mode"], r["mode"]), r["scoring"],
                  *("–" if v is None else f"{v:.1f}" for v in r["values"])] for r in table["rows"]]
@@ -227,13 +229,14 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
         mcq = questions.get(qid)
         gold_ids = set(mcq.gold_passage_ids) if mcq else set()
         h = [f'<div class="example"><h3>{esc(dataset)} / {esc(qid)}</h3>']
-        md = [f"### {dataset} / {qid}"]
+        md = [f"### {md_text(dataset)} / {md_text(qid)}"]
         if mcq:
             opts = "<br>".join(f"{esc(k)}: {esc(v)}" for k, v in mcq.options.items())
             h.append(f"<p>{esc(mcq.question)}</p><p>{opts}</p>")
-            md.append(mcq.question + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in mcq.options.items()))
+            md.append(md_text(mcq.question) + "\n\n"
+                      + "\n".join(f"- {md_text(k)}: {md_text(v)}" for k, v in mcq.options.items()))
         h.append(f"<p>Gold answer: <b>{esc(rows[0].gold)}</b></p>")
-        md.append(f"Gold answer: **{rows[0].gold}**")
+        md.append(f"Gold answer: **{md_text(rows[0].gold)}**")
         answer_rows = [[p.mode, p.scoring, p.predicted or "unparseable", "yes" if p.correct else "no"]
                        for p in rows]
         h.append(html_table(["mode", "scoring", "predicted", "correct"], answer_rows, 9))
@@ -250,7 +253,8 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
                     cls = "passage gold" if str(r["id"]) in gold_ids else "passage"
                     h.append(f'<div class="{cls}"><code>{esc(r["id"])}</code> '
                              f'({fmt(r.get("score"))}) {esc(snippet)}</div>')
-                    md.append(f"- `{r['id']}` ({fmt(r.get('score'))}){' [gold]' if str(r['id']) in gold_ids else ''} {snippet}")
+                    gold = " [gold]" if str(r["id"]) in gold_ids else ""
+                    md.append(f"- {md_code(r['id'])} ({fmt(r.get('score'))}){gold} {md_text(snippet)}")
         for p in rows:
             if p.generated is None:
                 continue
@@ -260,15 +264,15 @@ def examples_section(evals: list[EvalResult], cfg: Config, n_examples: int) -> S
                          f"{fview.highlighted(record, 'generated')}</p>"
                          f"<p><b>Reference</b>: {fview.highlighted(record, 'reference')}</p>"
                          f"<p>{esc(fview.record_summary(record))}</p>")
-                md.append(f"Generated ({p.mode}): {record.get('generated', '')}\n\n"
-                          f"Reference: {record.get('reference', '')}\n\n"
-                          f"{fview.record_summary(record)}")
+                md.append(f"Generated ({p.mode}): {md_text(record.get('generated', ''))}\n\n"
+                          f"Reference: {md_text(record.get('reference', ''))}\n\n"
+                          f"{md_text(fview.record_summary(record))}")
                 continue
             h.append(f"<p><b>Generated ({esc(p.mode)})</b>: {esc(p.rationale or p.generated)}</p>")
-            md.append(f"Generated ({p.mode}): {p.rationale or p.generated}")
+            md.append(f"Generated ({p.mode}): {md_text(p.rationale or p.generated)}")
             if p.reference_rationale:
                 h.append(f"<p><b>Reference</b>: {esc(p.reference_rationale)}</p>")
-                md.append(f"Reference: {p.reference_rationale}")
+                md.append(f"Reference: {md_text(p.reference_rationale)}")
         h.append("</div>")
         html_parts.append("".join(h))
         md_parts.append("\n\n".join(md))

@@ -6,6 +6,7 @@ Content (which tables and text the report holds) lives in :mod:`jmlr.evaluation.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,29 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]#])")
+
+
+def md_text(value: Any) -> str:
+    """Text for the Markdown report: HTML's special characters as entities (many Markdown
+    viewers render raw HTML, so a ``<script>`` in a question must not survive) and
+    Markdown's own (emphasis, links, headings, code) backslash-escaped.
+
+    >>> print(md_text("<script>alert('x')</script> & [link](y) *b*"))
+    &lt;script&gt;alert('x')&lt;/script&gt; &amp; \\[link\\](y) \\*b\\*
+    """
+    return _MD_ACTIVE.sub(r"\\\1", html.escape(str(value), quote=False))
+
+
+def md_code(value: Any) -> str:
+    """An inline code span (its content is shown as is, never rendered) around ``value``.
+
+    >>> md_code("p<1>`x")
+    "`p<1>'x`"
+    """
+    return "`" + str(value).replace("`", "'").replace("\n", " ") + "`"
+
+
 def html_table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> str:
     """A plain HTML table; cells escaped, columns from ``numeric_from`` right-aligned.
 
@@ -56,15 +80,15 @@ def html_table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) 
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table; pipes in cells escaped.
+    """A Markdown table; pipes and HTML in cells escaped.
 
-    >>> print(md_table(["a", "b"], [["x|y", 1]]))
+    >>> print(md_table(["a", "b"], [["x|y", "<b>"]]))
     | a | b |
     |---|---|
-    | x\\|y | 1 |
+    | x\\|y | &lt;b&gt; |
     """
     def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
@@ -97,6 +121,6 @@ def render_html(title: str, sections: list[Section]) -> str:
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:
-    parts = [f"# {title}", "_Plots are in report.html._"]
+    parts = [f"# {md_text(title)}", "_Plots are in report.html._"]
     parts += [f"## {s.title}\n\n{s.markdown}" for s in sections]
     return "\n\n".join(parts) + "\n"

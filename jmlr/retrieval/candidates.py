@@ -22,6 +22,7 @@ from jmlr.data.schema import MCQ, Candidates, read_candidates, write_candidates
 from jmlr.errors import ConfigError, DataError
 from jmlr.io import write_json
 from jmlr.retrieval.mining import (
+    check_mined_corpus,
     latency_summary,
     mining_identity,
     partial_path,
@@ -93,12 +94,16 @@ def _report_ks(top_n: int) -> tuple[int, ...]:
 # Mining
 
 
-def load_candidates(cfg: Config, split: str) -> dict[str, Candidates]:
-    """The mined candidates of one split, by question id."""
+def load_candidates(cfg: Config, split: str,
+                    corpus_fingerprint: str | None = None) -> dict[str, Candidates]:
+    """The mined candidates of one split, by question id; ConfigError when their record says
+    they were mined over another corpus than the one of fingerprint ``corpus_fingerprint``."""
     path = cfg.candidates_dir / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(path, None, None, f"no candidates for split {split!r}; "
                         "run `jmlr mine -c CONFIG` first")
+    if corpus_fingerprint is not None:
+        check_mined_corpus(cfg.candidates_dir, split, corpus_fingerprint)
     return {c.question_id: c for c in read_candidates(path)}
 
 

@@ -37,6 +37,7 @@ from transformers import AutoTokenizer
 from jmlr.errors import ConfigError
 from jmlr.io import building_folder, exclusive
 from jmlr.resources import resolve_location
+from jmlr.retrieval import extensions
 from jmlr.retrieval.folders import folder_sha256
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,21 @@ def compat_installed() -> bool:
 
 
 install_compat()
+
+
+def install_extension_guard() -> None:
+    """Send colbert-ai's C++ extension loads through :func:`extensions.guarded_load` (stale
+    build locks recovered, waits said, a cold cache announced); idempotent. colbert-ai's
+    modules bind torch's ``load`` by name when imported, so each holding it gets the guard."""
+    from torch.utils import cpp_extension
+
+    for name, module in list(sys.modules.items()):
+        if (name == "colbert" or name.startswith("colbert.")) and \
+                getattr(module, "load", None) is cpp_extension.load:
+            module.load = extensions.guarded_load
+
+
+install_extension_guard()
 
 
 class _LogLines(io.TextIOBase):
@@ -308,11 +324,13 @@ def build_extensions(use_gpu: bool | None = None) -> list[str]:
 
     colbert-ai builds them with a C++ compiler the first time a model is loaded or an index
     is searched on a machine, which makes that first command take minutes longer than the
-    next ones. Returns the classes whose extensions are loaded.
+    next ones. Returns the classes whose extensions are loaded. Loads go through
+    :func:`install_extension_guard`'s checks (a stale lock of a killed build is recovered).
     """
     from colbert.search.index_storage import IndexScorer
     from colbert.search.strided_tensor import StridedTensor
 
+    install_extension_guard()   # for a colbert-ai module imported since this module was
     if use_gpu is None:
         use_gpu = torch.cuda.is_available()
     owners = (ColBERT, IndexScorer, StridedTensor, ResidualCodec)

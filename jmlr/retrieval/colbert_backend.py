@@ -84,7 +84,9 @@ def _open_index(cfg: Config, checkpoint: str | Path | None = None) -> _OpenIndex
     index_dir = cfg.index_dir.expanduser().resolve()
     manifest = plaid.read_manifest(index_dir)
     encoder = resolve_location(str(checkpoint), "checkpoint").resolve() if checkpoint else None
-    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen)
+    corpus = resolve_location(cfg.data.corpus, "data.corpus").stat()   # an edited corpus is checked again
+    key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen,
+           repr(cfg.data), corpus.st_mtime_ns, corpus.st_size)
     if key not in _OPEN:
         passages = load_corpus_from_config(cfg.data)
         plaid.check_corpus(manifest, passages, corpus_fingerprint(passages), index_dir)

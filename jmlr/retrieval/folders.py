@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from jmlr.io import apply_umask
+
 
 def folder_sha256(path: Path) -> str:
     """sha256 (hex) over a folder's relative file names and contents, in sorted order."""
@@ -21,7 +23,9 @@ def folder_sha256(path: Path) -> str:
 
 
 def replace_folder(new: Path, target: Path) -> None:
-    """Move a finished folder onto ``target``, removing what was there only afterwards."""
+    """Move a finished folder onto ``target``, removing what was there only afterwards; its
+    permissions become those of the user's umask (a temporary folder may have been private)."""
+    apply_umask(new)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

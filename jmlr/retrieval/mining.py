@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jmlr.data.schema import Candidates
+from jmlr.errors import ConfigError
 from jmlr.io import write_json
+from jmlr.retrieval.folders import folder_sha256
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,11 +60,35 @@ def latency_summary(seconds: Sequence[float], name: str = "latency") -> dict[str
 
 def mining_identity(manifest: dict[str, Any], query_checkpoint: Path, top_n: int,
                     self_matches_filtered: bool) -> dict[str, Any]:
-    """What makes mined rows reusable: the same index build, encoder and settings."""
+    """What produced mined rows, and what makes them reusable: the index build and the
+    corpus it covers (fingerprint), the query encoder (path and content hash), the settings.
+    ``<split>.meta.json`` records it; every reader checks the corpus fingerprint."""
+    recorded = manifest["checkpoint"]
+    same = Path(recorded["path"]) == Path(query_checkpoint)
     return {"index_build_id": manifest["build_id"],
             "corpus_fingerprint": manifest["corpus"]["fingerprint"],
-            "query_checkpoint": str(query_checkpoint), "top_n": top_n,
-            "self_matches_filtered": self_matches_filtered}
+            "query_checkpoint": str(query_checkpoint),
+            "retriever_sha256": recorded["sha256"] if same else folder_sha256(Path(query_checkpoint)),
+            "top_n": top_n, "self_matches_filtered": self_matches_filtered}
+
+
+def check_mined_corpus(out_dir: Path, split: str, fingerprint: str) -> None:
+    """ConfigError when the split's record says its candidates were mined over another corpus
+    than the configured one (fingerprint ``fingerprint``). Candidates without a record (written
+    by hand, or by an old version) are not checked here."""
+    meta_path = out_dir / f"{split}.meta.json"
+    if not meta_path.is_file():
+        log.info("%s: no record of what mined them; their corpus is not checked", meta_path.name)
+        return
+    try:
+        mined_over = json.loads(meta_path.read_text(encoding="utf-8")).get("corpus_fingerprint")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{meta_path}: unreadable record of the {split} candidates ({err}); "
+                          "run `jmlr mine` again") from None
+    if mined_over is not None and mined_over != fingerprint:
+        raise ConfigError(
+            f"the {split} candidates in {out_dir} were mined over another corpus than data.corpus "
+            "(a passage changed since `jmlr mine`); re-run `jmlr index --overwrite` and `jmlr mine`")
 
 
 def partial_path(out_dir: Path, split: str, rank: int, world: int) -> Path:

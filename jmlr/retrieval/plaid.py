@@ -3,7 +3,8 @@
 An index folder is colbert-ai's PLAID index plus two files of ours:
 
 - ``jmlr_index.json``: the manifest (checkpoint path and content hash, corpus path,
-  fingerprint and size, settings, build time). Written last: a folder without it is not
+  fingerprint and size, settings, build time, every index file's size and, for the small
+  ones, content hash: checked before each search). Written last: a folder without it is not
   a finished index.
 - ``passage_ids.json``: our passage id for each of colbert's integer pids, in order.
 
@@ -15,8 +16,11 @@ hidden sibling folder that is renamed into place when complete, with colbert-ai'
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
+import pickle
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "jmlr_index.json"
 PASSAGE_IDS = "passage_ids.json"
 MANIFEST_FORMAT = "jmlr-plaid-index/1"
+HASHED_UP_TO = 16 << 20     # index files up to this size also get a content hash (cheap to check)
+# What colbert-ai's searcher reads besides the per-chunk files (for manifests without a record).
+SEARCHED_FILES = ("metadata.json", "plan.json", "centroids.pt", "avg_residual.pt", "buckets.pt",
+                  "ivf.pid.pt", PASSAGE_IDS)
 
 
 @dataclass
@@ -137,6 +145,7 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
             "colbert_ai": metadata.version("colbert-ai"),
         }
         write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
+        manifest["files"] = file_record(tmp)    # what check_files compares before a search
         write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
     log.info("index built in %.1f s (%.1f passages/s): %s", seconds,
              manifest["passages_per_second"], index_dir)
@@ -171,6 +180,70 @@ def check_corpus(manifest: dict[str, Any], passages: Sequence[Passage], fingerpr
             f"{len(passages)} and another fingerprint); rebuild it with `jmlr index --overwrite`")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {"size": bytes, "sha256": hex}}`` of an index's files (the manifest aside);
+    only files up to HASHED_UP_TO get a hash: the large residual chunks are checked by size."""
+    record: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST):
+        size = path.stat().st_size
+        record[path.name] = {"size": size, **({"sha256": _sha256(path)} if size <= HASHED_UP_TO else {})}
+    return record
+
+
+def _expected_files(index_dir: Path) -> dict[str, dict[str, Any]]:
+    """The files an index without a file record must have (existence and non-empty only)."""
+    try:
+        chunks = int(json.loads((index_dir / "metadata.json").read_text(encoding="utf-8"))["num_chunks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        chunks = 0   # metadata.json itself is reported below
+    names = [*SEARCHED_FILES, *(f"{i}.{part}" for i in range(chunks)
+                                for part in ("codes.pt", "residuals.pt", "metadata.json")),
+             *(f"doclens.{i}.json" for i in range(chunks))]
+    return {name: {} for name in names}
+
+
+def _file_being_read(err: BaseException, folder: Path) -> str | None:
+    """The name of the file of ``folder`` that the innermost frame of ``err``'s traceback
+    held a path to (torch.load's ``f``, open()'s argument), or None."""
+    name = None
+    tb = err.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, str | os.PathLike) and len(str(value)) < 4096 \
+                    and Path(value).parent == folder:
+                name = Path(value).name
+        tb = tb.tb_next
+    return name
+
+
+def _damaged(index_dir: Path, what: str) -> ConfigError:
+    return ConfigError(f"the index at {index_dir} is damaged ({what}); rebuild it with "
+                       "`jmlr index --overwrite`")
+
+
+def check_files(index_dir: Path, manifest: dict[str, Any]) -> None:
+    """ConfigError naming the first index file that is missing, empty, of another size than
+    the build wrote, or (small files) of other content; before colbert-ai reads any of them."""
+    for name, want in (manifest.get("files") or _expected_files(index_dir)).items():
+        path = index_dir / name
+        if not path.is_file():
+            raise _damaged(index_dir, f"{name} is missing")
+        size = path.stat().st_size
+        if size == 0 or ("size" in want and size != want["size"]):
+            expected = f", the build wrote {want['size']}" if "size" in want else ""
+            raise _damaged(index_dir, f"{name} has {size} bytes{expected}")
+        if "sha256" in want and _sha256(path) != want["sha256"]:
+            raise _damaged(index_dir, f"{name} changed since the build")
+
+
 @dataclass
 class SearchResult:
     passage_ids: list[str]
@@ -189,8 +262,12 @@ class PlaidSearcher:
                  query_maxlen: int | None = None) -> None:
         self.index_dir = index_dir.expanduser().resolve()
         self.manifest = read_manifest(self.index_dir)
-        self.passage_ids: list[str] = json.loads(
-            (self.index_dir / PASSAGE_IDS).read_text(encoding="utf-8"))
+        check_files(self.index_dir, self.manifest)
+        try:
+            self.passage_ids: list[str] = json.loads(
+                (self.index_dir / PASSAGE_IDS).read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise _damaged(self.index_dir, f"{PASSAGE_IDS} is not readable JSON: {err}") from None
         if len(self.passage_ids) != self.manifest["corpus"]["n_passages"]:
             raise ConfigError(f"{self.index_dir / PASSAGE_IDS} does not match the manifest")
         recorded = self.manifest["checkpoint"]
@@ -213,10 +290,20 @@ class PlaidSearcher:
         self.checkpoint = checkpoint
         query_maxlen = query_maxlen or self.manifest["settings"]["query_maxlen"]
         config = cb.colbert_config_for(checkpoint, query_maxlen=query_maxlen)
-        with cb.quiet_colbert():
-            self.searcher = cb.Searcher(index=str(self.index_dir), checkpoint=str(checkpoint),
-                                        collection=list(self.passage_ids), config=config,
-                                        verbose=0)
+        try:
+            with cb.quiet_colbert():
+                self.searcher = cb.Searcher(index=str(self.index_dir), checkpoint=str(checkpoint),
+                                            collection=list(self.passage_ids), config=config,
+                                            verbose=0)
+        except (EOFError, pickle.UnpicklingError, AssertionError, OSError, RuntimeError) as err:
+            # what check_files cannot see (an index without a file record): an error raised
+            # while an index file was being read; any other error (a build, a model) passes on
+            name = _file_being_read(err, self.index_dir)
+            if name is None:
+                raise
+            first = str(err).split(". ")[0]   # torch's messages run on for sentences
+            raise _damaged(self.index_dir, f"{name} cannot be read: {type(err).__name__}: "
+                           f"{first}") from None
 
     def encode(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """[B, query_maxlen, dim] query vectors from the searcher's checkpoint (colbert's path)."""

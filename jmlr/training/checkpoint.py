@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from jmlr.errors import ConfigError
-from jmlr.io import publish_folder, write_json
+from jmlr.io import apply_umask, publish_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,7 @@ def save_trainable(path: Path, state_dict: dict[str, torch.Tensor], names: Itera
         raise RuntimeError(f"trainable tensors not in the model's state dict: {missing[:5]}")
     tensors = {n: clean[n].detach().to("cpu").contiguous().clone() for n in names}
     save_file(tensors, str(path))
+    apply_umask(path)   # safetensors writes 0600 whatever the umask
     return len(tensors)
 
 

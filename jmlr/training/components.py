@@ -83,11 +83,11 @@ def check_candidates(candidates: dict[str, Candidates], questions: list[MCQ],
                           f"(e.g. {unknown[:3]}): the corpus changed since `jmlr mine`; mine again")
 
 
-def _mined(cfg: Config, split: str) -> dict[str, Candidates]:
+def _mined(cfg: Config, split: str, corpus_fingerprint: str) -> dict[str, Candidates]:
     from jmlr.retrieval.candidates import load_candidates
 
     try:
-        return load_candidates(cfg, split)
+        return load_candidates(cfg, split, corpus_fingerprint)
     except (FileNotFoundError, UserError) as err:
         raise ConfigError(f"no usable mined candidates for the {split} split under "
                           f"{cfg.candidates_dir} ({err}): run `jmlr mine` with this config "
@@ -97,15 +97,19 @@ def _mined(cfg: Config, split: str) -> dict[str, Candidates]:
 def load_training_data(cfg: Config) -> TrainingData:
     """Train (and, when configured, dev) questions, the corpus and their mined candidates."""
     from jmlr.data import load_corpus_from_config, load_split
+    from jmlr.data.corpus import corpus_fingerprint
 
     train = load_split(cfg.data, "train")
-    passages = {p.id: p for p in load_corpus_from_config(cfg.data)}
-    data = TrainingData(train=train, passages=passages, train_candidates=_mined(cfg, "train"))
+    corpus = load_corpus_from_config(cfg.data)
+    fingerprint = corpus_fingerprint(corpus)   # the candidates must be mined over this corpus
+    passages = {p.id: p for p in corpus}
+    data = TrainingData(train=train, passages=passages,
+                        train_candidates=_mined(cfg, "train", fingerprint))
     check_candidates(data.train_candidates, train, passages, "train")
     if cfg.data.dev:
         data.dev = [q for q in load_split(cfg.data, "dev") if q.gold_passage_ids]
         if data.dev:
-            data.dev_candidates = _mined(cfg, "dev")
+            data.dev_candidates = _mined(cfg, "dev", fingerprint)
             check_candidates(data.dev_candidates, data.dev, passages, "dev")
         else:
             log.info("dev questions name no gold passages: no dev retrieval metrics")
