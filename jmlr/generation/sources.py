@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from jmlr.errors import ConfigError
-from jmlr.io import building_folder, exclusive, write_json
+from jmlr.io import building_folder, exclusive, file_sha256, write_json
 from jmlr.resources import find_one, resolve_location
 
 logger = logging.getLogger(__name__)
@@ -31,12 +30,6 @@ logger = logging.getLogger(__name__)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_hash(path: Path, cache_root: Path) -> str:
@@ -51,7 +44,7 @@ def content_hash(path: Path, cache_root: Path) -> str:
     entry = memo.get(key)
     if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return str(entry["sha256"])
-    digest = _sha256(path)
+    digest = file_sha256(path)
     memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     write_json(memo_path, memo)
     return digest

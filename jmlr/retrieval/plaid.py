@@ -16,7 +16,6 @@ hidden sibling folder that is renamed into place when complete, with colbert-ai'
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import torch
 
 from jmlr.data.schema import Passage
 from jmlr.errors import ConfigError
-from jmlr.io import building_folder, write_json
+from jmlr.io import building_folder, file_sha256, write_json
 from jmlr.retrieval import colbert as cb
 from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.indexer import TorchKMeansIndexer
@@ -180,12 +179,6 @@ def check_corpus(manifest: dict[str, Any], passages: Sequence[Passage], fingerpr
             f"{len(passages)} and another fingerprint); rebuild it with `jmlr index --overwrite`")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_record(folder: Path) -> dict[str, dict[str, Any]]:
@@ -194,7 +187,7 @@ def file_record(folder: Path) -> dict[str, dict[str, Any]]:
     record: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST):
         size = path.stat().st_size
-        record[path.name] = {"size": size, **({"sha256": _sha256(path)} if size <= HASHED_UP_TO else {})}
+        record[path.name] = {"size": size, **({"sha256": file_sha256(path)} if size <= HASHED_UP_TO else {})}
     return record
 
 
@@ -240,7 +233,7 @@ def check_files(index_dir: Path, manifest: dict[str, Any]) -> None:
         if size == 0 or ("size" in want and size != want["size"]):
             expected = f", the build wrote {want['size']}" if "size" in want else ""
             raise _damaged(index_dir, f"{name} has {size} bytes{expected}")
-        if "sha256" in want and _sha256(path) != want["sha256"]:
+        if "sha256" in want and file_sha256(path) != want["sha256"]:
             raise _damaged(index_dir, f"{name} changed since the build")
 
 
