@@ -160,6 +160,9 @@ class JMLRConfig:
         "letter", "letter_text", "letter_text_rationale"))
     utility_span: str = field(default="option_text", metadata=_choices(
         "option_text", "target", "rationale"))
+    # Which model's losses are the utilities (jmlr/training/teacher.py): "current", the generator
+    # being trained (the paper); "base", the same generator before training (LoRA switched off).
+    utility_model: str = field(default="current", metadata=_choices("current", "base"))
     train_retriever: bool = True            # false: frozen retriever, the paper's RAG baseline
     train_generator: bool = True
     # The B x k utility sequences go through the generator in length buckets of at most this
@@ -219,7 +222,10 @@ class TrainConfig:
 class EvalConfig:
     split: str = field(default="test", metadata=_choices("train", "dev", "test"))
     modes: list[str] = field(default_factory=lambda: ["none", "frozen", "trained"])
-    scoring: list[str] = field(default_factory=lambda: ["letter", "option_text"])
+    # letter: likelihood of each option's letter; letter_debiased: the same averaged over every
+    # rotation of the options (a favourite letter cancels out; one forward per option);
+    # option_text: per-token likelihood of each option's text; generate: greedy answer + rationale.
+    scoring: list[str] = field(default_factory=lambda: ["letter", "letter_debiased", "option_text"])
     # With "generate" in scoring: the modes whose answers are also generated (decoding costs
     # far more than scoring); empty: every mode.
     generate_modes: list[str] = field(default_factory=list)
@@ -232,15 +238,19 @@ class EvalConfig:
     max_new_tokens: int = 128
     bootstrap_samples: int = 1000
     limit: int = 0                          # evaluate only the first N questions (0: all)
+    # Relevance judgements (BEIR tsv or TREC qrels) for retrieval metrics of questions whose
+    # file names no gold passages; judged questions take their gold passages from here.
+    qrels: str = ""
 
     def validate(self, key: str) -> None:
         rules = []
         for mode in [*self.modes, *self.generate_modes]:
             rules.append((mode in ("none", "frozen", "trained"),
                           f"eval.modes: {mode!r} is not one of none, frozen, trained"))
+        scorings = ("letter", "letter_debiased", "option_text", "generate")
         for scoring in self.scoring:
-            rules.append((scoring in ("letter", "option_text", "generate"),
-                          f"eval.scoring: {scoring!r} is not one of letter, option_text, generate"))
+            rules.append((scoring in scorings,
+                          f"eval.scoring: {scoring!r} is not one of {', '.join(scorings)}"))
         _require(rules)
 
 
@@ -290,6 +300,10 @@ class Config:
         _require([
             (self.jmlr.k_sample <= self.candidates.top_n, "jmlr.k_sample cannot exceed candidates.top_n"),
             (self.jmlr.r_read <= self.candidates.top_n, "jmlr.r_read cannot exceed candidates.top_n"),
+            (self.jmlr.utility_model != "base" or self.generator.lora_r > 0
+             or not self.jmlr.train_generator,
+             "jmlr.utility_model=base switches the generator's LoRA adapters off for the "
+             "utilities: it needs generator.lora_r > 0 (or use jmlr.utility_model=current)"),
         ])
 
     # Paths derived from run.out_dir when not set explicitly.

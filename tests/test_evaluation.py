@@ -337,6 +337,9 @@ def test_trained_and_frozen_modes_rerank_given_candidates_and_use_their_models(w
         assert ids == expected_order(scorers[r.mode], questions[r.id], pools[r.id], corpus)[:2]
         scores = [x["score"] for x in r.retrieved]
         assert scores == sorted(scores, reverse=True)
+        # the whole ranked list is kept, the passages read first
+        assert [x["id"] for x in r.candidates][:2] == ids and len(r.candidates) == 5
+        assert sorted(x["id"] for x in r.candidates) == sorted(pools[r.id])
         orders[r.mode, r.id] = ids
     assert any(orders["frozen", q] != orders["trained", q] for q in questions)
 
@@ -506,3 +509,58 @@ def test_re_evaluating_one_mode_keeps_the_other_modes_results(world, run_cli, tm
     # new generated rationales: the old UMLS-F report no longer matches, so it is gone
     assert not (folder / "report.json").exists() and not (folder / "report.html").exists()
     assert "factuality" not in json.loads((folder / "metrics.json").read_text())
+
+
+def test_debiased_letters_average_every_option_order_and_the_letter_prior_is_reported(world, generator):
+    from jmlr.evaluation.letters import rotated
+    from jmlr.evaluation.mcq import answer_questions
+
+    model, tokenizer = generator
+    cfg = config(world, world.root / "run", "eval.batch_size=3")
+    questions = world.questions[:3]
+    readings = [texts(world, 2) for _ in questions]
+    answers = answer_questions(model, tokenizer, questions, readings,
+                               ["letter", "letter_debiased"], cfg)
+    for q, reading, debiased in zip(questions, readings, answers["letter_debiased"], strict=True):
+        n = len(q.options)
+        expected = [0.0] * n
+        for shift in range(n):          # by hand: each rotation scored alone, mapped back
+            shown, order = rotated(q, shift)
+            item = build_item(tokenizer, shown, reading, cfg.generator.max_length, cfg.jmlr.target)
+            letters = torch.tensor(score_options(model, [item], tokenizer.pad_token_id,
+                                                 option_text=False).letter[0])
+            for position, value in enumerate(letters.log_softmax(-1).tolist()):
+                expected[order[position]] += value / n
+        assert list(debiased["option_scores"].values()) == pytest.approx(expected, abs=1e-4)
+        assert debiased["predicted"] == "ABCD"[max(range(n), key=lambda i: expected[i])]
+    rows = [Prediction(q.id, "d", "none", "letter", q.answer, a["predicted"],
+                       a["predicted"] == q.answer) for q, a in zip(questions, answers["letter"], strict=True)]
+    letters = summarise(rows, samples=10, seed=0)["letters"]
+    assert sum(letters["predicted"].values()) == 3 and letters["top_letter"] in "ABCD"
+
+
+def test_qrels_give_retrieval_metrics_to_questions_without_gold_ids(world, tmp_path):
+    run_dir = tmp_path / "run"
+    plain = [dataclasses.replace(q, gold_passage_ids=[]) for q in world.questions]
+    write_questions(tmp_path / "test.jsonl", plain)
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q.id}\t{q.gold_passage_ids[0]}\t1\n" for q in world.questions))
+    cfg = config(world, run_dir, f"data.test={tmp_path / 'test.jsonl'}", "eval.modes=[frozen]",
+                 "eval.scoring=[letter]", "candidates.top_n=5")
+    pools = {q.id: [*q.gold_passage_ids, *[p.id for p in world.passages
+                                           if p.id not in q.gold_passage_ids][:4]]
+             for q in world.questions}
+    write_candidates(cfg.candidates_dir / "test.jsonl",
+                     [Candidates(qid, pool, [float(-i) for i in range(5)]) for qid, pool in pools.items()])
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    assert run_evaluate(cfg, run_dir)["retrieval"]["test"]["frozen"] == {}
+    judged = run_evaluate(config(world, run_dir, f"data.test={tmp_path / 'test.jsonl'}",
+                                 "eval.modes=[frozen]", "eval.scoring=[letter]",
+                                 "candidates.top_n=5", f"eval.qrels={qrels}"), run_dir)
+    recall = judged["retrieval"]["test"]["frozen"]
+    assert recall["n_questions"] == N_QUESTIONS and recall["recall@5"] == 1.0
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("q1 p1\n")
+    with pytest.raises(DataError, match="bad.tsv:1: .*expected 3 .* or 4"):
+        run_evaluate(config(world, run_dir, f"eval.qrels={bad}", "eval.modes=[frozen]"), run_dir)

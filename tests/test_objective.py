@@ -231,14 +231,14 @@ PASSAGES = [
 
 
 def run_step(scorer, model, seed: int = 0, tie_tolerance: float | None = None,
-             listwise_beta: float | None = None, **cfg):
+             listwise_beta: float | None = None, teacher=None, **cfg):
     if tie_tolerance is not None:
         cfg["objective"] = Component("pairwise", PairwiseParams(tie_tolerance=tie_tolerance))
     if listwise_beta is not None:
         cfg["objective"] = Component("listwise", ListwiseParams(beta=listwise_beta))
     config = JMLRConfig(k_sample=4, r_read=2, **cfg)
     return joint_step(QUESTIONS, PASSAGES, score_fn=scorer.score, model=model,
-                      encode_fn=encode_words, cfg=config,
+                      encode_fn=encode_words, cfg=config, teacher=teacher,
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -402,3 +402,42 @@ def test_utility_sequences_come_from_the_utility_encoder():
     assert calls == [2 * 4]                      # the B·k utility sequences, and only those
     same = run_step(BagOfWordsScorer(), model)
     assert torch.allclose(out.utilities, same.utilities)  # same encoder → same values
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+def test_base_teacher_gives_the_untrained_generators_utilities_while_the_generator_trains():
+    from peft import LoraConfig, get_peft_model
+
+    from jmlr.training.teacher import BaseTeacher
+
+    model = get_peft_model(tiny_llama(11), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    norm = model.get_base_model().model.norm.weight
+    norm.requires_grad_(True)                                   # trained in place (LongLoRA)
+    scorer = BagOfWordsScorer()
+    teacher = BaseTeacher(model)
+    before = run_step(scorer, model).utilities
+    with torch.no_grad():                                       # "training" moves the weights
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+        norm.mul_(3.0)
+    current = run_step(scorer, model).utilities
+    base = run_step(scorer, model, teacher=teacher).utilities
+    assert not torch.allclose(current, before, atol=1e-3)        # the trained model judges differently
+    assert torch.allclose(base, before, atol=1e-5)               # the teacher is the untrained one
+    assert float(norm.detach().mean()) == pytest.approx(3.0 * float(teacher.in_place[0][1].mean()))
+    again = run_step(scorer, model).utilities                    # and the swap was undone
+    assert torch.allclose(again, current, atol=1e-6)
+
+
+def test_base_teacher_needs_lora_adapters_and_the_config_says_so_at_load():
+    from jmlr.config import load_config
+    from jmlr.errors import ConfigError
+    from jmlr.training.teacher import BaseTeacher
+
+    with pytest.raises(ValueError, match="need a generator with LoRA adapters"):
+        BaseTeacher(tiny_llama(1))
+    with pytest.raises(ConfigError, match="jmlr.utility_model=base .* needs generator.lora_r > 0"):
+        load_config(None, ["jmlr.utility_model=base", "generator.lora_r=0"])

@@ -57,7 +57,7 @@ def check_run_folder(run_dir: Path) -> None:
 def check_before_loading(cfg: Config, run_dir: Path, modes: Sequence[str],
                          scorings: Sequence[str]) -> None:
     """Every check that needs no model: the run folder, the trained mode's exported weights
-    (safetensors headers), and the knowledge base when UMLS-F will follow."""
+    (safetensors headers), the qrels file, and the knowledge base when UMLS-F will follow."""
     from jmlr.evaluation.passages import FINAL_GENERATOR, FINAL_RETRIEVER, check_run_dir
 
     check_run_folder(run_dir)
@@ -66,6 +66,10 @@ def check_before_loading(cfg: Config, run_dir: Path, modes: Sequence[str],
         for part in (FINAL_GENERATOR, FINAL_RETRIEVER):
             for path in sorted((run_dir / part).rglob("*.safetensors")):
                 check_safetensors(path)
+    if cfg.eval.qrels:
+        from jmlr.evaluation.qrels import read_qrels
+
+        read_qrels(cfg.eval.qrels)
     if cfg.factuality.kb and "generate" in scorings:
         from jmlr.data.kb import read_kb
         from jmlr.resources import resolve_location

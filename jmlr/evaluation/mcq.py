@@ -189,6 +189,9 @@ def answer_questions(model: Any, tokenizer: Any, questions: list[MCQ], readings:
                             "predicted": _argmax_letter(letters, values[row]),
                             "option_scores": dict(zip(letters, values[row], strict=True)),
                             "generated": None, "rationale": None}
+    if "letter_debiased" in scorings:
+        _answer_debiased(model, tokenizer, questions, readings, cfg, pad_id,
+                         answers["letter_debiased"], desc)
     if "generate" in scorings:
         eos = [t for t in {tokenizer.eos_token_id} if t is not None]
         generate_batches = _batches(_by_length(items), max(1, cfg.eval.generate_batch_size))
@@ -203,6 +206,34 @@ def answer_questions(model: Any, tokenizer: Any, questions: list[MCQ], readings:
                     "rationale": split_generation(
                         text, letter, questions[i].options.get(letter) if letter else None)}
     return answers
+
+
+def _answer_debiased(model: Any, tokenizer: Any, questions: list[MCQ], readings: list[list[str]],
+                     cfg: Config, pad_id: int, out: list[dict[str, Any]], desc: str) -> None:
+    """Letter scoring averaged over every cyclic rotation of the options (``letters.py``):
+    one letter forward per question and rotation, the same passages read each time."""
+    from jmlr.evaluation.letters import debiased_scores, rotated
+
+    jobs = [(i, shift) for i, q in enumerate(questions) for shift in range(len(q.options))]
+    shown = {job: rotated(questions[job[0]], job[1]) for job in jobs}
+    items = {job: build_item(tokenizer, shown[job][0], readings[job[0]], cfg.generator.max_length,
+                             cfg.jmlr.target) for job in jobs}
+    scores: dict[tuple[int, int], list[float]] = {}
+    order = sorted(jobs, key=lambda job: -len(items[job].prompt_ids))
+    for batch in tqdm(_batches(list(range(len(order))), max(1, cfg.eval.batch_size)),
+                      desc=f"{desc} (letters, every option order)", leave=False):
+        scored = score_options(model, [items[order[k]] for k in batch], pad_id,
+                               letter=True, option_text=False)
+        for row, k in enumerate(batch):
+            scores[order[k]] = scored.letter[row]
+    for i, q in enumerate(questions):
+        rotations = range(len(q.options))
+        values = debiased_scores([scores[(i, s)] for s in rotations],
+                                 [shown[(i, s)][1] for s in rotations])
+        letters = list(q.options)
+        out[i] = {"predicted": _argmax_letter(letters, values),
+                  "option_scores": dict(zip(letters, values, strict=True)),
+                  "generated": None, "rationale": None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,6 +272,11 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
     eval_files.check_before_loading(cfg, run_dir, modes, scorings)  # before any model loads
     device = resolve_device(cfg.run.device)
     datasets = eval_questions(cfg, split)
+    if cfg.eval.qrels:
+        from jmlr.evaluation.qrels import read_qrels, with_qrels
+
+        judged = read_qrels(cfg.eval.qrels)
+        datasets = {name: with_qrels(qs, judged) for name, qs in datasets.items()}
     out_dir = run_dir / "eval" / split
     started = time.time()
 
@@ -284,14 +320,16 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
             for scoring in mode_scorings:
                 for q, ans, ids in zip(qs, answers[scoring], reads, strict=True):
                     scores = ranked[name][q.id] if mode != "none" else None
-                    retrieved = [] if scores is None else [
+                    ranked_list = [] if scores is None else [
                         {"id": pid, "score": round(float(s), 6)}
-                        for pid, s in zip(scores.passage_ids[: len(ids)], scores.scores, strict=False)]
+                        for pid, s in zip(scores.passage_ids, scores.scores, strict=True)]
+                    retrieved = ranked_list[: len(ids)]
                     predictions.append(Prediction(
                         id=q.id, dataset=name, mode=mode, scoring=scoring, gold=q.answer,
                         predicted=ans["predicted"], correct=ans["predicted"] == q.answer,
                         option_scores={k: round(float(v), 6) for k, v in ans["option_scores"].items()},
-                        retrieved=retrieved, generated=ans["generated"], rationale=ans["rationale"],
+                        retrieved=retrieved, candidates=ranked_list,
+                        generated=ans["generated"], rationale=ans["rationale"],
                         reference_rationale=q.rationale))
         timings[mode] = round(time.time() - mode_start, 3)
     generator = tokenizer = None

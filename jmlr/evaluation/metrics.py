@@ -20,7 +20,7 @@ from jmlr.errors import DataError
 from jmlr.io import read_jsonl
 
 MODES = ("none", "frozen", "trained")
-SCORINGS = ("letter", "option_text", "generate")
+SCORINGS = ("letter", "letter_debiased", "option_text", "generate")
 MODE_LABELS = {"none": "no retrieval", "frozen": "frozen retriever (RAG)",
                "trained": "trained retriever (JMLR)"}
 
@@ -38,6 +38,8 @@ class Prediction:
     correct: bool
     option_scores: dict[str, float] = field(default_factory=dict)
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # passages read: [{"id", "score"}], best first
+    # every candidate the retriever ranked (the read ones first): [{"id", "score"}], best first
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     generated: str | None = None
     rationale: str | None = None
     reference_rationale: str | None = None
@@ -66,17 +68,19 @@ class Prediction:
         if not isinstance(scores, dict) or not all(
                 isinstance(v, int | float) for v in scores.values()):
             raise DataError(path, line, "option_scores", "must map letters to numbers")
-        retrieved = row.get("retrieved") or []
-        if not isinstance(retrieved, list) or not all(
-                isinstance(r, dict) and "id" in r for r in retrieved):
-            raise DataError(path, line, "retrieved", "must be a list of {\"id\", \"score\"} objects")
+        for key in ("retrieved", "candidates"):
+            listed = row.get(key) or []
+            if not isinstance(listed, list) or not all(
+                    isinstance(r, dict) and "id" in r for r in listed):
+                raise DataError(path, line, key, "must be a list of {\"id\", \"score\"} objects")
         for key in ("generated", "rationale", "reference_rationale"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise DataError(path, line, key, "must be text or null")
         return cls(id=row["id"], dataset=row["dataset"], mode=row["mode"], scoring=scoring,
                    gold=row["gold"], predicted=row.get("predicted"), correct=row["correct"],
                    option_scores={str(k): float(v) for k, v in scores.items()},
-                   retrieved=retrieved, generated=row.get("generated"),
+                   retrieved=row.get("retrieved") or [], candidates=row.get("candidates") or [],
+                   generated=row.get("generated"),
                    rationale=row.get("rationale"), reference_rationale=row.get("reference_rationale"))
 
 
@@ -131,6 +135,8 @@ def summarise(predictions: Sequence[Prediction], samples: int, seed: int,
     >>> s["accuracy"], s["n"], s["unparseable"], s["unparseable_ids"], s["per_subject"]
     (0.5, 2, 1, ['q2'], {'anatomy': {'accuracy': 0.5, 'n': 2}})
     """
+    from jmlr.evaluation.letters import letter_distribution
+
     correct = [p.correct for p in predictions]
     low, high = bootstrap_interval(correct, samples, seed)
     unparseable = [p.id for p in predictions if p.predicted is None]
@@ -138,6 +144,9 @@ def summarise(predictions: Sequence[Prediction], samples: int, seed: int,
         "accuracy": accuracy(correct), "ci_low": low, "ci_high": high,
         "n": len(predictions), "n_correct": int(sum(correct)),
         "unparseable": len(unparseable), "unparseable_ids": unparseable,
+        # what was predicted: a change of favourite letter is not a gain in reading
+        "letters": letter_distribution([p.predicted for p in predictions],
+                                       [p.gold for p in predictions]),
     }
     if subjects:
         by_subject: dict[str, list[bool]] = defaultdict(list)
@@ -182,13 +191,17 @@ def accuracy_table(results: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> 
                     keys.append((mode, scoring))
     rows = []
     for mode, scoring in keys:
-        values = []
+        values, flags = [], []
         for dataset in datasets:
             entry = results[dataset].get(mode, {}).get(scoring)
             values.append(None if entry is None else round(100.0 * entry["accuracy"], 2))
+            letters = (entry or {}).get("letters") or {}
+            flags.append(f"{letters['top_letter']} {100 * letters['top_share']:.0f}%"
+                         if letters.get("degenerate") else None)
         present = [v for v in values if v is not None]
         average = round(sum(present) / len(present), 2) if present else None
-        rows.append({"mode": mode, "scoring": scoring, "values": [*values, average]})
+        rows.append({"mode": mode, "scoring": scoring, "values": [*values, average],
+                     "degenerate": [*flags, None]})
     return {"columns": [*datasets, "Average"], "rows": rows}
 
 
@@ -204,8 +217,16 @@ def markdown_table(table: dict[str, Any]) -> str:
     header = ["mode", "scoring", *table["columns"]]
     lines = ["| " + " | ".join(header) + " |",
              "|---|---|" + "---:|" * len(table["columns"])]
+    flagged = False
     for row in table["rows"]:
-        cells = ["–" if v is None else f"{v:.1f}" for v in row["values"]]
+        flags = row.get("degenerate") or [None] * len(row["values"])
+        cells = ["–" if v is None else f"{v:.1f}" + (f" (⚠ {flag})" if flag else "")
+                 for v, flag in zip(row["values"], flags, strict=True)]
+        flagged = flagged or any(flags)
         label = MODE_LABELS.get(row["mode"], row["mode"])
         lines.append("| " + " | ".join([label, row["scoring"], *cells]) + " |")
+    if flagged:
+        lines.append("\n⚠ one letter is at least half of the answers and at least twice its "
+                     "share among the gold answers: that accuracy measures a favourite letter, "
+                     "not reading (see letter_debiased and option_text).")
     return "\n".join(lines)

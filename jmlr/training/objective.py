@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from jmlr.registry import RANK_OBJECTIVES
 from jmlr.training.stats import Stat
+from jmlr.training.teacher import BaseTeacher, teacher_context
 from jmlr.training.token_losses import eval_mode, generator_loss, passage_utilities
 
 if TYPE_CHECKING:
@@ -177,7 +178,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
                score_fn: ScoreFn, model: nn.Module, encode_fn: EncodeFn, cfg: JMLRConfig,
                generator: torch.Generator | None = None,
                max_tokens_per_forward: int | None = None,
-               utility_encode_fn: EncodeFn | None = None) -> JointStepOutput:
+               utility_encode_fn: EncodeFn | None = None,
+               teacher: BaseTeacher | None = None) -> JointStepOutput:
     """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
 
     ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
@@ -191,6 +193,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     so that every forward goes through the wrapper. ``max_tokens_per_forward`` buckets the
     ``B × k`` utility sequences by length (None: one forward). ``utility_encode_fn`` encodes
     the utility sequences (default ``encode_fn``; see ``prompt_encoder(for_utility=True)``).
+    ``teacher``: the utilities come from the base generator (``jmlr.utility_model=base``);
+    None: from ``model`` as it is now.
     """
     texts = _rectangular(candidates)
     if len(texts) != len(questions):
@@ -212,8 +216,9 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
     utility_batch = (utility_encode_fn or encode_fn)([q for q in questions for _ in range(k)],
                                                     [[text] for row in drawn for text in row])
-    utilities = passage_utilities(model, utility_batch, "utility_mask",
-                                  max_tokens_per_forward).view(batch_size, k)
+    with teacher_context(teacher):
+        utilities = passage_utilities(model, utility_batch, "utility_mask",
+                                      max_tokens_per_forward).view(batch_size, k)
     if cfg.train_retriever:
         sampled_scores = score_fn(queries, drawn)                                # [B, k]
     else:

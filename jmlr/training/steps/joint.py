@@ -29,6 +29,7 @@ from jmlr.training import components as parts
 from jmlr.training.objective import gold_pair_agreement, joint_step
 from jmlr.training.stats import mean, total
 from jmlr.training.steps.base import StepOutput, TrainingStep
+from jmlr.training.teacher import BaseTeacher
 from jmlr.training.token_losses import eval_mode
 
 if TYPE_CHECKING:
@@ -62,6 +63,12 @@ class JointStep(TrainingStep):
         retriever = parts.load_retriever_for_training(self.cfg)
         self.encode = parts.make_encode_fn(self.cfg, self.tokenizer)
         self.utility_encode = parts.make_encode_fn(self.cfg, self.tokenizer, for_utility=True)
+        self.teacher = None
+        if self.cfg.jmlr.utility_model == "base" and self.cfg.jmlr.train_generator:
+            try:
+                self.teacher = BaseTeacher(generator)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         return {"generator": generator, "retriever": retriever}
 
     def learning_rates(self) -> dict[str, float]:
@@ -85,7 +92,7 @@ class JointStep(TrainingStep):
         out = joint_step(questions, self.data.candidate_texts(questions),
                          score_fn=models["retriever"].score, model=models["generator"],
                          encode_fn=self.encode, cfg=jmlr, generator=sampler,
-                         utility_encode_fn=self.utility_encode,
+                         utility_encode_fn=self.utility_encode, teacher=self.teacher,
                          max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
         # Gold pairs (a gold passage against another drawn one), where the questions name
         # gold passages: a diagnostic of the teacher and the retriever, never a training signal.
