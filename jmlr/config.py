@@ -91,6 +91,9 @@ class DataConfig:
 @dataclass
 class RetrieverConfig:
     backend: str = field(default="colbert", metadata=_registered("retriever backend"))
+    # The query the retriever searches with, from {question} and {options} ("A: x B: y ..."):
+    # the same in mining, training, refresh and evaluation.
+    query_template: str = "{question} {options}"
     # A ColBERT checkpoint folder, or a plain HF BERT-family encoder folder (converted once),
     # or "pkg:<package>/<subpath>" for a model that an installed package carries.
     checkpoint: str = ""
@@ -103,7 +106,16 @@ class RetrieverConfig:
     batch_size: int = 64                    # encoding batch for indexing and mining
 
     def validate(self, key: str) -> None:
-        _require([(self.nbits in (1, 2, 4, 8), "retriever.nbits must be 1, 2, 4 or 8")])
+        import re
+
+        unknown = set(re.findall(r"{([^}]*)}", self.query_template)) - {"question", "options"}
+        _require([
+            (self.nbits in (1, 2, 4, 8), "retriever.nbits must be 1, 2, 4 or 8"),
+            ("{question}" in self.query_template,
+             "retriever.query_template must contain {question}"),
+            (not unknown, f"retriever.query_template: unknown placeholder(s) "
+                          f"{', '.join(sorted(unknown))} (known: question, options)"),
+        ])
 
 
 @dataclass

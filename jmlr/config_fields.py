@@ -143,7 +143,8 @@ def _scalar(value: Any, hint: Any, key: str) -> Any:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"config key '{key}': expected text, got {value!r}")
+        hint_text = " (quote text that starts with '{' or '[')" if isinstance(value, dict | list) else ""
+        raise ConfigError(f"config key '{key}': expected text, got {value!r}{hint_text}")
     raise ConfigError(f"config key '{key}': unsupported type {hint}")
 
 

@@ -586,3 +586,32 @@ def test_colbert_loads_its_extensions_through_the_lock_check(extension_dir, monk
             name="segmented_lookup_cpp", sources=["segmented_lookup.cpp"])
     assert loaded == "segmented_lookup_cpp" and seen == {"lock left": False}
     assert "compiling colbert-ai's extensions (about 3 minutes, once" in caplog.text
+
+
+def test_queries_longer_than_query_maxlen_are_reported_once(scorer, caplog):
+    long_query = "fever " * 60 + "A: measles B: gout"
+    with caplog.at_level("WARNING", logger="jmlr.retrieval.colbert"):
+        scorer.encode_queries([long_query, "short"])
+        scorer.encode_queries([long_query])
+    warnings = [r for r in caplog.records if "longer than retriever.query_maxlen" in r.message]
+    assert len(warnings) == 1 and "1 of 2 queries" in warnings[0].message
+    from jmlr.retrieval.colbert import query_overflow
+
+    cut, longest = query_overflow(scorer.query_tokenizer.tok, ["short", long_query], 32)
+    assert cut == 1 and longest > 60
+
+
+def test_the_query_template_shapes_every_query():
+    from jmlr.config import load_config
+    from jmlr.data.schema import MCQ
+    from jmlr.errors import ConfigError
+
+    q = MCQ("q", "Fever?", {"A": "Measles", "B": "Gout"}, "A")
+    assert q.query("{question}") == "Fever?" and q.query("Options: {options}. {question}") == \
+        "Options: A: Measles B: Gout. Fever?"
+    with pytest.raises(ConfigError, match="must contain {question}"):
+        load_config(None, ["retriever.query_template='{options}'"])
+    with pytest.raises(ConfigError, match="quote text that starts with"):
+        load_config(None, ["retriever.query_template={options}"])
+    with pytest.raises(ConfigError, match="unknown placeholder.*answer"):
+        load_config(None, ["retriever.query_template={question} {answer}"])

@@ -16,6 +16,7 @@ from jmlr.errors import DataError
 from jmlr.io import read_jsonl, write_jsonl
 
 LETTERS = string.ascii_uppercase
+DEFAULT_QUERY_TEMPLATE = "{question} {options}"
 
 
 def option_letters(n: int) -> list[str]:
@@ -79,14 +80,23 @@ class MCQ:
 
     @property
     def retrieval_query(self) -> str:
-        """What the retriever searches with: the question and its options (options carry
-        most of the lexical match, as in the authors' ``input`` field).
+        """What the retriever searches with by default: the question and its options (options
+        carry most of the lexical match, as in the authors' ``input`` field).
 
         >>> MCQ("q1", "Fever and rash?", {"A": "Measles", "B": "Gout"}, "A").retrieval_query
         'Fever and rash? A: Measles B: Gout'
         """
+        return self.query(DEFAULT_QUERY_TEMPLATE)
+
+    def query(self, template: str) -> str:
+        """The retriever's query from a template with ``{question}`` and ``{options}``
+        (``retriever.query_template``).
+
+        >>> MCQ("q1", "Fever and rash?", {"A": "Measles", "B": "Gout"}, "A").query("{question}")
+        'Fever and rash?'
+        """
         opts = " ".join(f"{letter}: {text}" for letter, text in self.options.items())
-        return f"{self.question} {opts}"
+        return template.replace("{question}", self.question).replace("{options}", opts).strip()
 
     @classmethod
     def from_json(cls, row: dict[str, Any], path: str | Path = "<memory>",

@@ -134,7 +134,7 @@ def merge_metrics(earlier: dict[str, Any], new: dict[str, Any],
     # modes and scorings in the table's order within each dataset
     results = {d: {m: {s: by_mode[m][s] for s in SCORINGS if s in by_mode[m]}
                    for m in MODES if m in by_mode} for d, by_mode in results.items()}
-    table = accuracy_table(results)
+    table = accuracy_table(results, new.get("mode_labels"))
     merged.update(
         results=results, retrieval=retrieval, datasets=datasets, timing_s=timing,
         modes=[m for m in MODES if any(m in by_mode for by_mode in results.values())],

@@ -49,6 +49,7 @@ from jmlr.evaluation.metrics import (
     accuracy_table,
     group_predictions,
     markdown_table,
+    mode_labels,
     summarise,
 )
 from jmlr.evaluation.scoring import ScoringItem, greedy_generate, score_options
@@ -300,7 +301,8 @@ def run_evaluate(cfg: Config, run_dir: str | Path, split: str | None = None,
             scorer = passages_mod.load_scorer(cfg, run_dir, mode, device)
             for name, qs in datasets.items():
                 ranked[name] = passages_mod.rerank(scorer, qs, pools[name], corpus,
-                                                   cfg.eval.batch_size, desc=f"{name}/{mode} rerank")
+                                                   cfg.eval.batch_size, desc=f"{name}/{mode} rerank",
+                                                   template=cfg.retriever.query_template)
                 retrieval[name][mode] = passages_mod.retrieval_scores(cfg, ranked[name], qs)
             scorer = None
             _release_memory()
@@ -362,9 +364,10 @@ def build_metrics(cfg: Config, predictions: list[Prediction], datasets: dict[str
                                                    subjects.get(name))
                                 for scoring, rows in by_scoring.items()}
                          for mode, by_scoring in by_mode.items()}
-    table = accuracy_table(results)
+    labels = mode_labels(**passages_mod.what_trained(run_dir))
+    table = accuracy_table(results, labels)
     return {
-        "run_dir": str(run_dir), "split": split,
+        "run_dir": str(run_dir), "split": split, "mode_labels": labels,
         "datasets": {name: {"n": len(qs)} for name, qs in datasets.items()},
         "modes": sorted({p.mode for p in predictions}, key=MODES.index),
         "scoring": list(dict.fromkeys(p.scoring for p in predictions)),

@@ -38,11 +38,11 @@ class Prediction:
     correct: bool
     option_scores: dict[str, float] = field(default_factory=dict)
     retrieved: list[dict[str, Any]] = field(default_factory=list)  # passages read: [{"id", "score"}], best first
-    # every candidate the retriever ranked (the read ones first): [{"id", "score"}], best first
-    candidates: list[dict[str, Any]] = field(default_factory=list)
     generated: str | None = None
     rationale: str | None = None
     reference_rationale: str | None = None
+    # every candidate the retriever ranked (the read ones first): [{"id", "score"}], best first
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,7 +172,22 @@ def group_predictions(predictions: Iterable[Prediction]
 # The paper's table: datasets as columns plus their average, one row per mode and scoring
 
 
-def accuracy_table(results: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+def mode_labels(trained_generator: bool = True, trained_retriever: bool = True) -> dict[str, str]:
+    """What each mode's row is called, by what the run actually trained.
+
+    >>> mode_labels(trained_retriever=False)["trained"]
+    'trained generator, frozen retriever (RAG run)'
+    """
+    labels = dict(MODE_LABELS)
+    if not trained_retriever:
+        labels["trained"] = "trained generator, frozen retriever (RAG run)"
+    elif not trained_generator:
+        labels["trained"] = "base generator, trained retriever"
+    return labels
+
+
+def accuracy_table(results: dict[str, dict[str, dict[str, dict[str, Any]]]],
+                   labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Build ``{"columns": [...datasets, "Average"], "rows": [{"mode", "scoring", "values"}]}``
     from ``results[dataset][mode][scoring]["accuracy"]``. Values are percentages (None where
     a dataset lacks that row); the average is over the datasets present in the row.
@@ -200,7 +215,8 @@ def accuracy_table(results: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> 
                          if letters.get("degenerate") else None)
         present = [v for v in values if v is not None]
         average = round(sum(present) / len(present), 2) if present else None
-        rows.append({"mode": mode, "scoring": scoring, "values": [*values, average],
+        rows.append({"mode": mode, "label": (labels or MODE_LABELS).get(mode, mode),
+                     "scoring": scoring, "values": [*values, average],
                      "degenerate": [*flags, None]})
     return {"columns": [*datasets, "Average"], "rows": rows}
 
@@ -223,7 +239,7 @@ def markdown_table(table: dict[str, Any]) -> str:
         cells = ["–" if v is None else f"{v:.1f}" + (f" (⚠ {flag})" if flag else "")
                  for v, flag in zip(row["values"], flags, strict=True)]
         flagged = flagged or any(flags)
-        label = MODE_LABELS.get(row["mode"], row["mode"])
+        label = row.get("label") or MODE_LABELS.get(row["mode"], row["mode"])
         lines.append("| " + " | ".join([label, row["scoring"], *cells]) + " |")
     if flagged:
         lines.append("\n⚠ one letter is at least half of the answers and at least twice its "

@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from jmlr.config import Config
-from jmlr.data.schema import MCQ, Candidates
+from jmlr.data.schema import DEFAULT_QUERY_TEMPLATE, MCQ, Candidates
 from jmlr.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,18 @@ def trained_base_model(run_dir: Path) -> str | None:
         return None
     model = section.get("model") if isinstance(section, dict) else None
     return str(model) if model else None
+
+
+def what_trained(run_dir: Path) -> dict[str, bool]:
+    """Which models the run's saved config trained (both, when it cannot tell)."""
+    saved = run_dir / "config.yaml"
+    try:
+        section = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("jmlr") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        section = {}
+    section = section if isinstance(section, dict) else {}
+    return {"trained_generator": bool(section.get("train_generator", True)),
+            "trained_retriever": bool(section.get("train_retriever", True))}
 
 
 def corpus_texts(cfg: Config) -> dict[str, str]:
@@ -134,7 +146,8 @@ def load_scorer(cfg: Config, run_dir: Path, mode: str, device: str) -> Any:
 
 
 def rerank(scorer: Any, questions: Sequence[MCQ], pool: dict[str, Candidates],
-           corpus: dict[str, str], batch_size: int, desc: str = "rerank") -> dict[str, Candidates]:
+           corpus: dict[str, str], batch_size: int, desc: str = "rerank",
+           template: str = DEFAULT_QUERY_TEMPLATE) -> dict[str, Candidates]:
     """Each question's pool re-scored by ``scorer`` and sorted best first (stable on ties).
 
     Questions are scored in batches of ``batch_size``; within a batch, pools of one length
@@ -150,7 +163,7 @@ def rerank(scorer: Any, questions: Sequence[MCQ], pool: dict[str, Candidates],
             by_length.setdefault(len(pool[q.id].passage_ids), []).append(q)
         for group in by_length.values():
             with torch.no_grad():
-                scores = scorer.score([q.retrieval_query for q in group],
+                scores = scorer.score([q.query(template) for q in group],
                                       [[corpus[p] for p in pool[q.id].passage_ids] for q in group])
             for q, row in zip(group, scores.float().cpu().tolist(), strict=True):
                 ids = pool[q.id].passage_ids

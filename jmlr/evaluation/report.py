@@ -103,7 +103,7 @@ def accuracy_section(evals: list[EvalResult]) -> Section:
         table = metrics.get("table") or {"columns": [], "rows": []}
         parts_md.append(f"### Split {md_code(e.split)}\n\n{markdown_table(table)}")
         header = ["mode", "scoring", *table["columns"]]
-        rows = [[MODE_LABELS.get(r["mode"], r["mode"]), r["scoring"],
+        rows = [[r.get("label") or MODE_LABELS.get(r["mode"], r["mode"]), r["scoring"],
                  *("–" if v is None else f"{v:.1f}" for v in r["values"])] for r in table["rows"]]
         parts_html.append(f"<h3>Split <code>{esc(e.split)}</code> (accuracy, %)</h3>"
                           + html_table(header, rows, numeric_from=2))

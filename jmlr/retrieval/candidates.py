@@ -130,7 +130,7 @@ def _mine_split(cfg: Config, index: Any, split: str, questions: list[MCQ],
         for start in range(0, len(todo), size):
             chunk = todo[start:start + size]
             encode_started = time.perf_counter()
-            Q = index.encode([q.retrieval_query for q in chunk], size)
+            Q = index.encode([q.query(cfg.retriever.query_template) for q in chunk], size)
             encode_each = (time.perf_counter() - encode_started) / len(chunk)
             found, seconds = index.rank(Q, chunk, top_n, exclude_self)
             latencies.extend(encode_each + s for s in seconds)

@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +317,29 @@ def _convert(path: Path, target: Path, dim: int, digest: str) -> None:
         (tmp / SOURCE_RECORD).write_text(json.dumps(
             {"source": str(path), "source_sha256": digest, "dim": dim,
              "projection_seed": PROJECTION_SEED}, indent=2) + "\n", encoding="utf-8")
+
+
+def query_overflow(tokenizer: Any, queries: Sequence[str], query_maxlen: int) -> tuple[int, int]:
+    """(queries longer than ``query_maxlen`` tokens with ColBERT's markers, the longest
+    length): colbert-ai cuts such queries silently, so what follows (the options, at the end
+    of the default query) never reaches the retriever."""
+    lengths = [len(ids) + 1 for ids in tokenizer(list(queries), add_special_tokens=True,
+                                                  truncation=False)["input_ids"]]   # + [Q] marker
+    return sum(n > query_maxlen for n in lengths), max(lengths, default=0)
+
+
+def warn_query_overflow(tokenizer: Any, queries: Sequence[str], query_maxlen: int,
+                        warned: set[int]) -> None:
+    """Log once per ``query_maxlen`` (tracked in ``warned``) when queries get cut."""
+    if query_maxlen in warned:
+        return
+    cut, longest = query_overflow(tokenizer, queries, query_maxlen)
+    if cut:
+        warned.add(query_maxlen)
+        log.warning("%d of %d queries are longer than retriever.query_maxlen=%d tokens (the longest "
+                    "has %d) and are cut at the end: the later options never reach the retriever; "
+                    "raise retriever.query_maxlen or shorten retriever.query_template",
+                    cut, len(queries), query_maxlen, longest)
 
 
 def build_extensions(use_gpu: bool | None = None) -> list[str]:

@@ -116,7 +116,7 @@ def _rank(index: _OpenIndex, Q: torch.Tensor, questions: Sequence[MCQ], top_n: i
 
 def search_questions(cfg: Config, questions: Sequence[MCQ], checkpoint: str | Path | None = None,
                      exclude_self_matches: bool = False) -> dict[str, Candidates]:
-    """Top ``candidates.top_n`` passages for each question (query: ``MCQ.retrieval_query``).
+    """Top ``candidates.top_n`` passages for each question (``retriever.query_template``).
 
     ``checkpoint`` encodes the queries instead of the index's own checkpoint (e.g. a trained
     retriever: its query encoder against the indexed document vectors).
@@ -135,7 +135,7 @@ def _search_all(cfg: Config, index: _OpenIndex, questions: Sequence[MCQ],
               disable=len(questions) <= size) as bar:
         for start in range(0, len(questions), size):
             chunk = questions[start:start + size]
-            Q = encode([q.retrieval_query for q in chunk], size)
+            Q = encode([q.query(cfg.retriever.query_template) for q in chunk], size)
             found, _ = _rank(index, Q, chunk, cfg.candidates.top_n, exclude_self_matches)
             out.update((c.question_id, c) for c in found)
             bar.update(len(chunk))

@@ -282,6 +282,7 @@ class PlaidSearcher:
                               f"the index at {self.index_dir} has dim {recorded['dim']}")
         self.checkpoint = checkpoint
         query_maxlen = query_maxlen or self.manifest["settings"]["query_maxlen"]
+        self.query_maxlen, self._warned_lengths = query_maxlen, set()
         config = cb.colbert_config_for(checkpoint, query_maxlen=query_maxlen)
         try:
             with cb.quiet_colbert():
@@ -300,6 +301,8 @@ class PlaidSearcher:
 
     def encode(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """[B, query_maxlen, dim] query vectors from the searcher's checkpoint (colbert's path)."""
+        cb.warn_query_overflow(self.searcher.checkpoint.query_tokenizer.tok, queries,
+                               self.query_maxlen, self._warned_lengths)
         with cb.quiet_colbert():
             parts = [self.searcher.encode(list(queries[i:i + batch_size]))
                      for i in range(0, len(queries), batch_size)]

@@ -18,6 +18,7 @@ from jmlr.retrieval.colbert import (
     QueryTokenizer,
     load_colbert_checkpoint,
     quiet_colbert,
+    warn_query_overflow,
 )
 
 
@@ -55,6 +56,7 @@ class TrainableScorer(torch.nn.Module):
         self.doc_tokenizer = DocTokenizer(config)
         self.checkpoint_path = Path(config.checkpoint)
         self.query_maxlen, self.doc_maxlen = query_maxlen, doc_maxlen
+        self._warned_lengths: set[int] = set()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, query_maxlen: int, doc_maxlen: int,
@@ -73,6 +75,8 @@ class TrainableScorer(torch.nn.Module):
 
     def encode_queries(self, queries: Sequence[str]) -> torch.Tensor:
         """[B, query_maxlen, dim], L2-normalised; exactly colbert-ai's ``ColBERT.query``."""
+        warn_query_overflow(self.query_tokenizer.tok, queries, self.query_maxlen,
+                            self._warned_lengths)
         ids, mask = self.query_tokenizer.tensorize(list(queries))
         return self.colbert.query(ids.to(self.device), mask.to(self.device))
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from jmlr.data.schema import DEFAULT_QUERY_TEMPLATE
 from jmlr.registry import RANK_OBJECTIVES
 from jmlr.training.stats import Stat
 from jmlr.training.teacher import BaseTeacher, teacher_context
@@ -179,7 +180,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
                generator: torch.Generator | None = None,
                max_tokens_per_forward: int | None = None,
                utility_encode_fn: EncodeFn | None = None,
-               teacher: BaseTeacher | None = None) -> JointStepOutput:
+               teacher: BaseTeacher | None = None,
+               query_template: str = DEFAULT_QUERY_TEMPLATE) -> JointStepOutput:
     """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
 
     ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
@@ -194,14 +196,15 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     ``B × k`` utility sequences by length (None: one forward). ``utility_encode_fn`` encodes
     the utility sequences (default ``encode_fn``; see ``prompt_encoder(for_utility=True)``).
     ``teacher``: the utilities come from the base generator (``jmlr.utility_model=base``);
-    None: from ``model`` as it is now.
+    None: from ``model`` as it is now. ``query_template``: the retriever's query
+    (``retriever.query_template``).
     """
     texts = _rectangular(candidates)
     if len(texts) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(texts)} candidate lists")
     batch_size = len(questions)
 
-    queries = [q.retrieval_query for q in questions]
+    queries = [q.query(query_template) for q in questions]
     # All N candidates are scored without gradient (sampling and reading need only values);
     # the rank loss touches only the k drawn ones, so only those are re-scored with gradient:
     # the same loss and gradients at k/N of the retriever's backward cost.

@@ -93,6 +93,7 @@ class JointStep(TrainingStep):
                          score_fn=models["retriever"].score, model=models["generator"],
                          encode_fn=self.encode, cfg=jmlr, generator=sampler,
                          utility_encode_fn=self.utility_encode, teacher=self.teacher,
+                         query_template=self.cfg.retriever.query_template,
                          max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
         # Gold pairs (a gold passage against another drawn one), where the questions name
         # gold passages: a diagnostic of the teacher and the retriever, never a training signal.
@@ -150,7 +151,8 @@ class JointStep(TrainingStep):
                 chunk = mine[start:start + bs] or data.dev[:1]
                 real = mine[start:start + bs]
                 ids, texts = data.dev_rows(chunk)
-                scores = loop.model(score, [q.retrieval_query for q in chunk], texts)
+                scores = loop.model(score, [q.query(self.cfg.retriever.query_template)
+                                            for q in chunk], texts)
                 for q, pids, row in zip(real, ids, scores.float().cpu().tolist(), strict=False):
                     scored.append((q.id, pids, row[:len(pids)]))
         return parts.dev_metrics(data.dev, parts.gather(scored))
