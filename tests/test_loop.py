@@ -158,7 +158,8 @@ def test_reference_run_writes_metrics_checkpoints_and_exports(reference):
     dev_rows = [r for r in found if r.get("split") == "dev"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert [r["step"] for r in dev_rows] == [0, 2, 4]
-    assert {"recall@1", "recall@7", "mrr"} <= set(dev_rows[-1])
+    assert {"recall@1", "recall@7", "mrr", "reading_gain", "reading_gain_base"} <= set(dev_rows[-1])
+    assert dev_rows[0]["reading_gain"] == pytest.approx(dev_rows[0]["reading_gain_base"])  # untrained
     lrs = [r["lr_generator"] for r in train_rows]
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] > lrs[2] > lrs[3] > 0     # warm-up, cosine
     assert all(r["lr_retriever"] == pytest.approx(r["lr_generator"] / 10) for r in train_rows)

@@ -441,3 +441,15 @@ def test_base_teacher_needs_lora_adapters_and_the_config_says_so_at_load():
         BaseTeacher(tiny_llama(1))
     with pytest.raises(ConfigError, match="jmlr.utility_model=base .* needs generator.lora_r > 0"):
         load_config(None, ["jmlr.utility_model=base", "generator.lora_r=0"])
+
+
+def test_a_frozen_baseline_can_skip_the_utilities_nobody_trains_on():
+    scorer, model = BagOfWordsScorer(), tiny_llama(6)
+    full = run_step(scorer, model, train_retriever=False)
+    lean = run_step(scorer, model, train_retriever=False, utilities_when_frozen=False)
+    assert torch.equal(lean.read, full.read) and torch.equal(lean.sampled, full.sampled)
+    assert lean.loss.item() == full.loss.item() == lean.gen_loss.item()   # the same L_gen
+    assert bool(lean.utilities.isnan().all()) and lean.rank_stats == {}
+    assert lean.n_tokens < full.n_tokens
+    # the option applies to a frozen retriever only: a retriever that trains needs them
+    assert not run_step(scorer, model, utilities_when_frozen=False).utilities.isnan().any()

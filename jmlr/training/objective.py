@@ -161,7 +161,7 @@ class JointStepOutput:
     n_tokens: int           # non-padding tokens through the generator (utilities + L_gen)
     scores: Tensor          # [B, N] detached retriever scores
     sampled: Tensor         # [B, k] drawn candidate indices, in draw order
-    utilities: Tensor       # [B, k] ℓ of each drawn passage
+    utilities: Tensor       # [B, k] ℓ of each drawn passage (NaN when not computed)
     read: Tensor            # [B, r] candidates the generator read, best first
 
 
@@ -217,17 +217,24 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator)  # [B, k]
     k = sampled.shape[1]
     drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
-    utility_batch = (utility_encode_fn or encode_fn)([q for q in questions for _ in range(k)],
-                                                    [[text] for row in drawn for text in row])
-    with teacher_context(teacher):
-        utilities = passage_utilities(model, utility_batch, "utility_mask",
-                                      max_tokens_per_forward).view(batch_size, k)
-    if cfg.train_retriever:
-        sampled_scores = score_fn(queries, drawn)                                # [B, k]
-    else:
-        sampled_scores = scores.gather(1, sampled.to(scores.device))             # [B, k]
-    ranked = RANK_OBJECTIVES.get(cfg.objective.name)(sampled_scores, utilities, cfg.objective.params)
-    rank_loss = ranked.loss
+    utility_tokens = 0
+    if cfg.train_retriever or cfg.utilities_when_frozen:
+        utility_batch = (utility_encode_fn or encode_fn)([q for q in questions for _ in range(k)],
+                                                        [[text] for row in drawn for text in row])
+        with teacher_context(teacher):
+            utilities = passage_utilities(model, utility_batch, "utility_mask",
+                                          max_tokens_per_forward).view(batch_size, k)
+        utility_tokens = int(utility_batch["attention_mask"].sum())
+        if cfg.train_retriever:
+            sampled_scores = score_fn(queries, drawn)                            # [B, k]
+        else:
+            sampled_scores = scores.gather(1, sampled.to(scores.device))         # [B, k]
+        ranked = RANK_OBJECTIVES.get(cfg.objective.name)(sampled_scores, utilities,
+                                                         cfg.objective.params)
+        rank_loss, rank_stats = ranked.loss, ranked.stats
+    else:   # a frozen retriever whose utilities nobody reads: skip those forwards
+        utilities = torch.full((batch_size, k), float("nan"))
+        rank_loss, rank_stats = scores.new_zeros(()), {}
 
     read = select_reading_passages(scores, cfg.r_read)                           # [B, r]
     gen_batch = encode_fn(list(questions),
@@ -244,8 +251,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     if cfg.train_retriever:
         terms.append(cfg.lambda_rank * rank_loss.to(gen_loss.device))
     loss = sum(terms) if terms else (gen_loss + cfg.lambda_rank * rank_loss.to(gen_loss.device)).detach()
-    n_tokens = int(utility_batch["attention_mask"].sum()) + int(gen_batch["attention_mask"].sum())
+    n_tokens = utility_tokens + int(gen_batch["attention_mask"].sum())
     return JointStepOutput(loss=loss, gen_loss=gen_loss.detach(), rank_loss=rank_loss.detach(),
-                           rank_stats=ranked.stats,
+                           rank_stats=rank_stats,
                            n_tokens=n_tokens, scores=scores.detach(), sampled=sampled,
                            utilities=utilities, read=read)

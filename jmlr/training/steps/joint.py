@@ -16,12 +16,13 @@ retrieval metrics, and the exports ``final/generator`` (peft adapters) and
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from jmlr.errors import ConfigError
 from jmlr.registry import TRAINING_STEPS
@@ -29,8 +30,8 @@ from jmlr.training import components as parts
 from jmlr.training.objective import gold_pair_agreement, joint_step
 from jmlr.training.stats import mean, total
 from jmlr.training.steps.base import StepOutput, TrainingStep
-from jmlr.training.teacher import BaseTeacher
-from jmlr.training.token_losses import eval_mode
+from jmlr.training.teacher import BaseTeacher, teacher_context
+from jmlr.training.token_losses import eval_mode, passage_utilities
 
 if TYPE_CHECKING:
     from jmlr.config import Config
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from jmlr.training.loop import TrainRecipe
 
 log = logging.getLogger(__name__)
+
+READING_QUESTIONS = 32      # dev questions of the reading-gain diagnostic
 
 
 @TRAINING_STEPS.register("joint")
@@ -63,12 +66,12 @@ class JointStep(TrainingStep):
         retriever = parts.load_retriever_for_training(self.cfg)
         self.encode = parts.make_encode_fn(self.cfg, self.tokenizer)
         self.utility_encode = parts.make_encode_fn(self.cfg, self.tokenizer, for_utility=True)
-        self.teacher = None
-        if self.cfg.jmlr.utility_model == "base" and self.cfg.jmlr.train_generator:
-            try:
-                self.teacher = BaseTeacher(generator)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+        # The generator as it was before training: the teacher when jmlr.utility_model=base,
+        # and the reference of the dev reading-gain diagnostic in any case.
+        self.base = None
+        if self.cfg.jmlr.train_generator and self.cfg.generator.lora_r > 0:
+            self.base = BaseTeacher(generator)
+        self.teacher = self.base if self.cfg.jmlr.utility_model == "base" else None
         return {"generator": generator, "retriever": retriever}
 
     def learning_rates(self) -> dict[str, float]:
@@ -97,15 +100,17 @@ class JointStep(TrainingStep):
                          max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
         # Gold pairs (a gold passage against another drawn one), where the questions name
         # gold passages: a diagnostic of the teacher and the retriever, never a training signal.
-        gold = self.data.drawn_gold(questions, out.sampled)
-        llm_right, gold_pairs = gold_pair_agreement(out.utilities, gold, lower_is_better=True)
-        drawn_scores = out.scores.gather(1, out.sampled.to(out.scores.device))
-        retriever_right, _ = gold_pair_agreement(drawn_scores, gold, lower_is_better=False)
         stats = {"loss": mean(float(out.loss.detach())), "gen_loss": mean(float(out.gen_loss)),
                  "rank_loss": mean(float(out.rank_loss)), **out.rank_stats,
-                 "tokens": total(out.n_tokens), "gold_pairs": total(gold_pairs),
-                 "llm_gold_accuracy": mean(llm_right, gold_pairs),
-                 "retriever_gold_accuracy": mean(retriever_right, gold_pairs)}
+                 "tokens": total(out.n_tokens)}
+        if not bool(out.utilities.isnan().any()):
+            gold = self.data.drawn_gold(questions, out.sampled)
+            llm_right, gold_pairs = gold_pair_agreement(out.utilities, gold, lower_is_better=True)
+            drawn_scores = out.scores.gather(1, out.sampled.to(out.scores.device))
+            retriever_right, _ = gold_pair_agreement(drawn_scores, gold, lower_is_better=False)
+            stats.update(gold_pairs=total(gold_pairs),
+                         llm_gold_accuracy=mean(llm_right, gold_pairs),
+                         retriever_gold_accuracy=mean(retriever_right, gold_pairs))
         return StepOutput(out.loss, stats)
 
     # ------------------------------------------------------------ around the steps
@@ -155,7 +160,42 @@ class JointStep(TrainingStep):
                                             for q in chunk], texts)
                 for q, pids, row in zip(real, ids, scores.float().cpu().tolist(), strict=False):
                     scored.append((q.id, pids, row[:len(pids)]))
-        return parts.dev_metrics(data.dev, parts.gather(scored))
+        return {**parts.dev_metrics(data.dev, parts.gather(scored)), **self.reading_gain(loop)}
+
+    def reading_gain(self, loop: TrainRecipe) -> dict[str, Any]:
+        """How much the gold passage lowers the generator's loss on the utility span against
+        no passage, median over up to ``READING_QUESTIONS`` dev questions: for the generator
+        as it is now (``reading_gain``) and as it was before training
+        (``reading_gain_base``). A generator that stops reading shows it here first."""
+        assert self.data is not None
+        acc, data = loop.accelerator, self.data
+        chosen = [q for q in data.dev if q.gold_passage_ids[0] in data.passages][:READING_QUESTIONS]
+        if not chosen:
+            return {}
+        mine = chosen[acc.process_index::acc.num_processes]
+        per_rank = -(-len(chosen) // acc.num_processes)
+        bs = max(1, self.cfg.eval.batch_size)
+
+        def gains(models: Mapping[str, nn.Module], questions: list[MCQ], teacher: Any) -> Tensor:
+            gold = [[data.passages[q.gold_passage_ids[0]].full_text] for q in questions]
+            batch = self.utility_encode([*questions, *questions], [[] for _ in questions] + gold)
+            with teacher_context(teacher):
+                losses = passage_utilities(models["generator"], batch, "utility_mask",
+                                           self.cfg.jmlr.utility_tokens_per_forward or None)
+            return losses[:len(questions)] - losses[len(questions):]       # ℓ_none − ℓ_gold
+
+        found: dict[str, list[float]] = {"reading_gain": [], "reading_gain_base": []}
+        references = {"reading_gain": None, "reading_gain_base": self.base}
+        with torch.no_grad(), eval_mode(loop.model):
+            for start in range(0, per_rank, bs):      # same number of forwards on every rank
+                chunk, real = mine[start:start + bs] or chosen[:1], mine[start:start + bs]
+                for name, teacher in references.items():
+                    if name == "reading_gain_base" and teacher is None:
+                        continue
+                    values = loop.model(gains, chunk, teacher).float().cpu().tolist()
+                    found[name].extend(values[:len(real)])
+        return {name: round(statistics.median(values), 4)
+                for name, values in ((n, parts.gather(v)) for n, v in found.items()) if values}
 
     def restore(self, checkpoint: Path, loop: TrainRecipe) -> None:
         assert self.data is not None
