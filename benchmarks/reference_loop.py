@@ -80,11 +80,12 @@ def reference_utilities(model: nn.Module, encode_fn: EncodeFn, question: MCQ,
                         passages: Sequence[str], mask_key: str = "utility_mask",
                         phase: PhaseFn = _no_phase) -> tuple[Tensor, int]:
     """(ℓ [k] float32, tokens) with one no-grad forward per passage, in the model's current
-    mode (the authors' loop leaves it in train mode)."""
+    mode (the authors' loop leaves it in train mode); then one more with no passage (the
+    baseline of the gains, as ours computes it), its loss last: ``[k + 1]``."""
     losses, tokens = [], 0
-    for text in passages:
+    for text in [*passages, None]:
         with phase("encode"):
-            batch = encode_fn([question], [[text]])
+            batch = encode_fn([question], [[text] if text is not None else []])
         with phase("per_passage_losses"), torch.no_grad():
             losses.append(full_logits_loss(model, batch, mask_key).float())
         tokens += int(batch["attention_mask"].sum())
@@ -139,8 +140,9 @@ def reference_step(question: MCQ, candidates: Sequence[str], *, score_fn: ScoreF
     if sampled is None:
         sampled = sample_passages(scores[None], cfg.k_sample, cfg.tau, cfg.score_norm, generator)[0]
     sampled = sampled.reshape(-1).cpu()
-    utilities, util_tokens = reference_utilities(
+    with_baseline, util_tokens = reference_utilities(
         model, encode_fn, question, [texts[j] for j in sampled.tolist()], "utility_mask", phase)
+    utilities = with_baseline[:-1]
     with phase("rank_loss"):
         rank_loss, n_pairs = reference_rank_loss(scores[sampled.to(scores.device)], utilities,
                                                  pairwise_tie_tolerance(cfg))

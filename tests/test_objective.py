@@ -17,6 +17,7 @@ from torch import nn
 from jmlr.config import JMLRConfig
 from jmlr.config_fields import Component
 from jmlr.data.schema import MCQ
+from jmlr.registry import RANK_OBJECTIVES
 from jmlr.training.objective import (
     joint_step,
     normalize_scores,
@@ -258,12 +259,18 @@ def test_joint_step_shapes_values_and_consistency_for_batch_two():
     texts = [[PASSAGES[b][j]] for b in range(2) for j in out.sampled[b].tolist()]
     direct = passage_utilities(model, encode_words([q for q in QUESTIONS for _ in range(4)], texts))
     assert torch.allclose(out.utilities.flatten(), direct, atol=1e-6)
+    # the baseline is each question's loss with no passage at all
+    alone = passage_utilities(model, encode_words(QUESTIONS, [[], []]))
+    assert torch.allclose(out.baseline, alone, atol=1e-6)
+    best = (alone.view(-1, 1) - out.utilities).max(-1).values.mean().item()
+    assert finalize(out.rank_stats)["best_gain"] == pytest.approx(best, abs=1e-6)
     ranked = pairwise_rank_loss(out.scores.gather(1, out.sampled), out.utilities)
     assert out.rank_loss.item() == pytest.approx(ranked.loss.item(), abs=1e-6)
     gen_batch = encode_words(QUESTIONS, [[PASSAGES[b][j] for j in out.read[b].tolist()] for b in range(2)])
     assert out.gen_loss.item() == pytest.approx(generator_loss(model, gen_batch).item(), abs=1e-6)
     assert out.loss.item() == pytest.approx(out.gen_loss.item() + out.rank_loss.item(), abs=1e-6)
-    utility_batch = encode_words([q for q in QUESTIONS for _ in range(4)], texts)
+    utility_batch = encode_words([q for q in QUESTIONS for _ in range(4)] + QUESTIONS,
+                                 texts + [[], []])
     assert out.n_tokens == int(utility_batch["attention_mask"].sum() + gen_batch["attention_mask"].sum())
     again = run_step(scorer, model)
     assert torch.equal(again.sampled, out.sampled) and again.loss.item() == out.loss.item()
@@ -312,7 +319,7 @@ def test_frozen_retriever_baseline_and_listwise_objective():
     assert torch.equal(frozen.sampled, trained.sampled) and torch.equal(frozen.read, trained.read)
     assert frozen.gen_loss.item() == trained.gen_loss.item()
     listwise = run_step(scorer, model, listwise_beta=0.5)
-    assert set(listwise.rank_stats) == {"top1_agreement"}      # its own diagnostics
+    assert set(listwise.rank_stats) == {"top1_agreement", "best_gain"}   # its own, and the gain
     expected = listwise_kl_loss(listwise.scores.gather(1, listwise.sampled), listwise.utilities, 1.0, 0.5)
     assert listwise.rank_loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert listwise.rank_loss.item() != pytest.approx(trained.rank_loss.item(), abs=1e-4)
@@ -399,7 +406,7 @@ def test_utility_sequences_come_from_the_utility_encoder():
     out = joint_step(QUESTIONS, PASSAGES, score_fn=scorer.score, model=model,
                      encode_fn=encode_words, cfg=config, utility_encode_fn=utility_encoder,
                      generator=torch.Generator().manual_seed(0))
-    assert calls == [2 * 4]                      # the B·k utility sequences, and only those
+    assert calls == [2 * 4 + 2]          # the B·k utility sequences and B with no passage, only those
     same = run_step(BagOfWordsScorer(), model)
     assert torch.allclose(out.utilities, same.utilities)  # same encoder → same values
 
@@ -453,3 +460,24 @@ def test_a_frozen_baseline_can_skip_the_utilities_nobody_trains_on():
     assert lean.n_tokens < full.n_tokens
     # the option applies to a frozen retriever only: a retriever that trains needs them
     assert not run_step(scorer, model, utilities_when_frozen=False).utilities.isnan().any()
+
+
+def test_min_gain_keeps_only_what_some_passage_helps_with():
+    """Hand-computed: baseline 3.0; gains 2.0, 1.0, 0.1, -1.0 for the four passages."""
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]], requires_grad=True)
+    utilities = torch.tensor([[1.0, 2.0, 2.9, 4.0]])
+    baseline = torch.tensor([3.0])
+    pairwise = RANK_OBJECTIVES.get("pairwise")
+    every = pairwise(scores, utilities, PairwiseParams(), baseline)
+    helped = pairwise(scores, utilities, PairwiseParams(min_gain=0.5), baseline)
+    # every pair: 6; the better passage must help by >= 0.5: pairs led by passages 0 or 1 (3 + 2)
+    assert every.stats["n_pairs"].total == 6 and helped.stats["n_pairs"].total == 5
+    expected = pairwise_rank_loss(scores, utilities, eligible=torch.tensor([[True, True, False, False]]))
+    assert helped.loss.item() == pytest.approx(expected.loss.item())
+    margins = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0])     # s_b - s_a for the 5 pairs, a better
+    assert helped.loss.item() == pytest.approx(F.softplus(margins).mean().item(), abs=1e-6)
+    listwise = RANK_OBJECTIVES.get("listwise")
+    none_help = listwise(scores, utilities, ListwiseParams(min_gain=2.5), baseline)
+    assert none_help.loss.item() == 0.0 and none_help.stats["rows_used"].total == 0
+    some_help = listwise(scores, utilities, ListwiseParams(min_gain=1.5), baseline)
+    assert some_help.loss.item() == pytest.approx(listwise_kl_loss(scores, utilities).item())

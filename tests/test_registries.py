@@ -77,7 +77,8 @@ class MarginParams:
             raise ConfigError(f"{key}.margin must be > 0")
 
 
-def margin_loss(scores: torch.Tensor, utilities: torch.Tensor, params: MarginParams) -> RankLoss:
+def margin_loss(scores: torch.Tensor, utilities: torch.Tensor, params: MarginParams,
+                baseline: torch.Tensor | None = None) -> RankLoss:
     """Hinge on the best-utility passage against every other drawn one."""
     best = utilities.argmin(-1, keepdim=True)
     gap = scores.gather(1, best) - scores                                   # [B, k]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from jmlr.data.schema import DEFAULT_QUERY_TEMPLATE
 from jmlr.registry import RANK_OBJECTIVES
-from jmlr.training.stats import Stat
+from jmlr.training.stats import Stat, mean
 from jmlr.training.teacher import BaseTeacher, teacher_context
 from jmlr.training.token_losses import eval_mode, generator_loss, passage_utilities
 
@@ -162,6 +162,7 @@ class JointStepOutput:
     scores: Tensor          # [B, N] detached retriever scores
     sampled: Tensor         # [B, k] drawn candidate indices, in draw order
     utilities: Tensor       # [B, k] ℓ of each drawn passage (NaN when not computed)
+    baseline: Tensor        # [B] ℓ with no passage (NaN when not computed)
     read: Tensor            # [B, r] candidates the generator read, best first
 
 
@@ -219,21 +220,27 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
     utility_tokens = 0
     if cfg.train_retriever or cfg.utilities_when_frozen:
-        utility_batch = (utility_encode_fn or encode_fn)([q for q in questions for _ in range(k)],
-                                                        [[text] for row in drawn for text in row])
+        # k sequences [passage_j ; question] per question, then one with no passage: its loss
+        # is the baseline that says how much each passage helps (the gain ℓ_none − ℓ_j).
+        utility_batch = (utility_encode_fn or encode_fn)(
+            [q for q in questions for _ in range(k)] + list(questions),
+            [[text] for row in drawn for text in row] + [[] for _ in questions])
         with teacher_context(teacher):
-            utilities = passage_utilities(model, utility_batch, "utility_mask",
-                                          max_tokens_per_forward).view(batch_size, k)
+            losses = passage_utilities(model, utility_batch, "utility_mask", max_tokens_per_forward)
+        utilities, baseline = losses[:batch_size * k].view(batch_size, k), losses[batch_size * k:]
         utility_tokens = int(utility_batch["attention_mask"].sum())
         if cfg.train_retriever:
             sampled_scores = score_fn(queries, drawn)                            # [B, k]
         else:
             sampled_scores = scores.gather(1, sampled.to(scores.device))         # [B, k]
         ranked = RANK_OBJECTIVES.get(cfg.objective.name)(sampled_scores, utilities,
-                                                         cfg.objective.params)
-        rank_loss, rank_stats = ranked.loss, ranked.stats
+                                                         cfg.objective.params, baseline)
+        best_gain = (baseline.view(-1, 1) - utilities).max(-1).values
+        rank_loss = ranked.loss
+        rank_stats = {**ranked.stats, "best_gain": mean(float(best_gain.sum()), batch_size)}
     else:   # a frozen retriever whose utilities nobody reads: skip those forwards
         utilities = torch.full((batch_size, k), float("nan"))
+        baseline = torch.full((batch_size,), float("nan"))
         rank_loss, rank_stats = scores.new_zeros(()), {}
 
     read = select_reading_passages(scores, cfg.r_read)                           # [B, r]
@@ -255,4 +262,4 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     return JointStepOutput(loss=loss, gen_loss=gen_loss.detach(), rank_loss=rank_loss.detach(),
                            rank_stats=rank_stats,
                            n_tokens=n_tokens, scores=scores.detach(), sampled=sampled,
-                           utilities=utilities, read=read)
+                           utilities=utilities, baseline=baseline, read=read)
