@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,7 +172,10 @@ def test_save_and_load_trained_generator(cache, tmp_path):
     assert not torch.allclose(expected, logits(cache[1]), atol=1e-4)
     out = gm.save_generator(model, tokenizer, tmp_path / "generator")
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert (out / gm.EXTRAS_FILE).is_file() and (out / "tokenizer").is_dir()
+    assert not (out / gm.EXTRAS_FILE).exists() and (out / "tokenizer").is_dir()
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["modules_to_save"] == ["embed_tokens", "input_layernorm", "norm",
+                                                 "post_attention_layernorm"]
 
     served, _ = gm.load_trained_generator(config(), root, out)
     assert type(served).__name__ == "LlamaForCausalLM" and not served.training
@@ -233,7 +237,116 @@ def test_exported_folders_and_weights_follow_the_users_umask(cache, tmp_path, um
     final = tmp_path / "run" / "final"
     paths = [final, *final.rglob("*"), converted, *converted.rglob("*"),
              tmp_path / "trainable.safetensors"]
-    assert (final / "generator" / gm.EXTRAS_FILE) in paths
+    assert (final / "generator" / "adapter" / "adapter_model.safetensors") in paths
     for path in paths:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, (path, oct(mode))
+
+
+# --- exports that load without jmlr -------------------------------------------------------
+
+PLAIN_PEFT = """
+import json, sys
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+adapter, base_dir, out = sys.argv[1:4]
+base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+model = PeftModel.from_pretrained(base, adapter).eval()
+tokenizer = AutoTokenizer.from_pretrained(adapter)
+ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+assert "jmlr" not in sys.modules
+config = json.load(open(adapter + "/adapter_config.json"))
+torch.save({"ids": ids, "logits": logits, "base": config["base_model_name_or_path"]}, out)
+"""
+
+
+def load_in_clean_interpreter(script: str, *args, tmp_path):
+    """Run ``script`` in a fresh Python that cannot import this worktree's jmlr; its result."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "result.pt"
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args), str(out)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def tied_tiny_llama(cache, folder):
+    """A tied-embedding tiny Llama (as SmolLM2 is) with the tinycoder tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    llama.save_pretrained(folder)
+    cache[2].save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["gguf-untied", "hf-tied"])
+def test_the_adapter_loads_with_plain_peft_and_gives_the_trained_logits(cache, tmp_path, tied):
+    from jmlr.generation.peft_export import BASE_RECORD
+    from jmlr.generation.sources import describe_source
+
+    root = cache[0]
+    location = str(tied_tiny_llama(cache, tmp_path / "tied")) if tied else TINY
+    model, tokenizer = gm.load_generator(config(model=location), root)
+    assert (model.get_base_model().lm_head.weight is
+            model.get_base_model().model.embed_tokens.weight) == tied
+    perturb_trained_parts(model)
+    model.eval()
+    base = describe_source(location, root)
+    out = gm.save_generator(model, tokenizer, tmp_path / "generator", base=base)
+    adapter = out / "adapter"
+    record = json.loads((adapter / BASE_RECORD).read_text())
+    base_dir = record["converted"] if not tied else location
+    if tied:
+        assert record["kind"] == "hf" and record["base_model_name_or_path"] == location
+    else:   # the user's GGUF file, not jmlr's cache, and the cache key beside it
+        assert record["base_model_name_or_path"].endswith("tiny.gguf")
+        assert record["cache_key"] == Path(record["converted"]).name and root.name in base_dir
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved.get("ensure_weight_tying", False) == tied
+
+    got = load_in_clean_interpreter(PLAIN_PEFT, adapter, base_dir, tmp_path=tmp_path)
+    assert got["base"] == record["base_model_name_or_path"]
+    expected = logits(model, got["ids"])
+    assert (got["logits"] - expected).abs().max() < 1e-5
+    assert not torch.allclose(logits(gm.load_generator(config(model=location), root,
+                                                       for_training=False)[0], got["ids"]),
+                              expected, atol=1e-3)     # the trained parts made a difference
+
+    served, _ = gm.load_trained_generator(config(model=location), root, out)
+    torch.testing.assert_close(logits(served, got["ids"]), expected, atol=1e-5, rtol=1e-5)
+    resumed, _ = gm.load_trained_generator(config(model=location), root, out, for_training=True)
+    resumed.eval()
+    torch.testing.assert_close(logits(resumed, got["ids"]), expected, atol=1e-6, rtol=1e-6)
+    assert gm.trainable_parameter_summary(resumed) == gm.trainable_parameter_summary(model)
+
+
+def test_exports_with_a_separate_extras_file_still_load(cache, tmp_path):
+    """The export format before modules_to_save: adapter + trainable_extras.safetensors."""
+    from safetensors.torch import save_file
+
+    model, tokenizer = gm.load_generator(config(), cache[0])
+    perturb_trained_parts(model)
+    model.eval()
+    expected = logits(model)
+    out = tmp_path / "generator"
+    model.save_pretrained(out / gm.ADAPTER_DIR)
+    tokenizer.save_pretrained(out / gm.TOKENIZER_DIR)
+    save_file({name: param.detach().contiguous()
+               for name, param in model.get_base_model().named_parameters()
+               if param.requires_grad and "lora_" not in name}, str(out / gm.EXTRAS_FILE))
+    served, _ = gm.load_trained_generator(config(), cache[0], out)
+    torch.testing.assert_close(logits(served), expected, atol=1e-5, rtol=1e-5)
+    resumed, _ = gm.load_trained_generator(config(), cache[0], out, for_training=True)
+    resumed.eval()
+    torch.testing.assert_close(logits(resumed), expected, atol=1e-6, rtol=1e-6)

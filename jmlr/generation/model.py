@@ -7,9 +7,11 @@ Trainable parts, from ``GeneratorConfig``: LoRA adapters (peft) on ``lora_target
 weight when ``lora_r == 0``; with LoRA, optionally the token embeddings and every norm as in
 LongLoRA. Those extras are made trainable in place (``requires_grad``) rather than through
 peft's ``modules_to_save``: the latter keeps a second copy of each module (a second
-embedding matrix for a 32k-vocabulary 13B model) and unties tied input/output embeddings,
-while in place they stay one tensor; they are saved next to the adapter in their own
-safetensors file (``save_generator`` / ``load_trained_generator``).
+embedding matrix for a 32k-vocabulary 13B model) during training, while in place they stay
+one tensor. Only the export speaks peft's format (``peft_export.py``): the trained modules
+are written as ``modules_to_save`` weights of the adapter, so that plain
+``PeftModel.from_pretrained`` rebuilds the trained model. ``load_trained_generator`` reads
+those exports and the earlier ones (extras in ``trainable_extras.safetensors``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import torch
 from jmlr.config import GeneratorConfig
 from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
+from jmlr.generation import peft_export
 from jmlr.generation.sources import LLAMA_FAMILY, check_architecture, local_model_dir
-from jmlr.io import building_folder
+from jmlr.io import building_folder, write_json
 
 __all__ = ["LLAMA_FAMILY", "load_generator", "load_trained_generator", "local_model_dir",
            "merge_and_save", "save_generator", "trainable_parameter_summary"]
@@ -221,24 +224,25 @@ def _write_folder(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
     return Path(out_dir)
 
 
-def save_generator(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
-    """Write what was trained: ``adapter/`` (peft safetensors) + ``trainable_extras.safetensors``
-    (embeddings/norms trained in place), or ``model/`` after a full fine-tune; and
-    ``tokenizer/``. Pass the unwrapped model (not a DDP/accelerate wrapper)."""
+def save_generator(model: Any, tokenizer: Any, out_dir: str | Path,
+                   base: dict[str, Any] | None = None) -> Path:
+    """Write what was trained: ``adapter/`` (a peft adapter that plain ``PeftModel`` loads:
+    LoRA weights plus the embeddings/norms trained in place as ``modules_to_save``, and the
+    tokenizer), or ``model/`` after a full fine-tune; and ``tokenizer/``. ``base``
+    (``sources.describe_source``) names the user's base model in the adapter. Pass the
+    unwrapped model (not a DDP/accelerate wrapper)."""
     from peft import PeftModel
-    from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
         if isinstance(model, PeftModel):
             model.save_pretrained(tmp / ADAPTER_DIR)
-            extras = {name: param.detach().to("cpu").contiguous()
-                      for name, param in model.get_base_model().named_parameters()
-                      if param.requires_grad and "lora_" not in name}
-            if extras:
-                save_file(extras, str(tmp / EXTRAS_FILE))
+            peft_export.complete_adapter(tmp / ADAPTER_DIR, model.get_base_model(), base)
+            tokenizer.save_pretrained(tmp / ADAPTER_DIR)
         else:  # a complete HF folder, loadable on its own
             model.save_pretrained(tmp / FULL_MODEL_DIR)
             tokenizer.save_pretrained(tmp / FULL_MODEL_DIR)
+            if base is not None:
+                write_json(tmp / FULL_MODEL_DIR / peft_export.BASE_RECORD, base)
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
 
     return _write_folder(out_dir, fill)
@@ -259,17 +263,23 @@ def merge_and_save(model: Any, tokenizer: Any, out_dir: str | Path) -> Any:
     return merged
 
 
-def _load_extras(model: torch.nn.Module, path: Path, trainable: bool) -> None:
-    from safetensors.torch import load_file
-
-    params = dict(model.named_parameters())
-    for name, tensor in load_file(str(path)).items():
+def _copy_extras(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path,
+                 trainable: bool) -> None:
+    """Weights trained in place, by base-model parameter name, copied into ``model``."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, tensor in tensors.items():
         if name not in params or params[name].shape != tensor.shape:
             raise ConfigError(f"{path}: weight {name!r} does not fit this generator "
                               "(different base model or LoRA targets?)")
         with torch.no_grad():
             params[name].copy_(tensor)
         params[name].requires_grad_(trainable)
+
+
+def _load_extras(model: torch.nn.Module, path: Path, trainable: bool) -> None:
+    from safetensors.torch import load_file
+
+    _copy_extras(model, load_file(str(path)), path, trainable)
 
 
 def load_trained_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path,
@@ -291,11 +301,14 @@ def load_trained_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path,
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    extras = saved / EXTRAS_FILE
+    extras = saved / EXTRAS_FILE          # exports before modules_to_save
     if for_training:
         model, tokenizer = load_generator(gen_cfg, cache_dir, device, for_training=True)
-        state = load_file(str(adapter / "adapter_model.safetensors"))
-        set_peft_model_state_dict(model, state)
+        weights = adapter / "adapter_model.safetensors"
+        lora, whole = peft_export.split_saved(load_file(str(weights)))
+        set_peft_model_state_dict(model, lora)
+        # trained in place again (model.py's docstring: one tensor each while training)
+        _copy_extras(model.get_base_model(), whole, weights, trainable=True)
         if extras.is_file():
             _load_extras(model.get_base_model(), extras, trainable=True)
         return model, tokenizer

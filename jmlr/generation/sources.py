@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
-
-
 def content_hash(path: Path, cache_root: Path) -> str:
     """sha256 of a file, remembered in ``cache_root/sources.json`` by (path, size, mtime)."""
     stat = path.stat()
@@ -140,3 +138,21 @@ def local_model_dir(location: str, cache_dir: str | Path) -> Path:
             if not (target / "config.json").is_file():     # not done while we waited
                 convert_gguf(path, target)
     return target
+
+
+def describe_source(location: str, cache_dir: str | Path) -> dict[str, Any]:
+    """Where a generator's base weights came from, for exports that must load without jmlr.
+
+    ``base_model_name_or_path`` is the user's own location (a ``pkg:`` one resolved to the
+    file it names; paths made absolute), never jmlr's cache; for a GGUF file the cached
+    conversion that was loaded is named beside it (``cache_key``: its content hash).
+    """
+    kind, path = resolve_source(location)
+    user = path if location.startswith("pkg:") else Path(location).expanduser()
+    record: dict[str, Any] = {"generator_model": location, "kind": kind,
+                              "base_model_name_or_path": str(user.resolve())}
+    if kind == "gguf":
+        converted = local_model_dir(location, cache_dir)
+        record.update(gguf_file=str(path.resolve()), cache_key=converted.name,
+                      converted=str(converted))
+    return record

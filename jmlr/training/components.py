@@ -158,13 +158,17 @@ def make_encode_fn(cfg: Config, tokenizer: Any, for_utility: bool = False):
     return prompt_encoder(tokenizer, cfg.jmlr, cfg.generator.max_length, for_utility)
 
 
-def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = False) -> None:
-    """Adapters (peft safetensors) + in-place trained extras + tokenizer into ``path``
-    (``generation.model.save_generator``); merged weights into ``path/merged`` when asked
-    (that merges the adapters into ``model``: do it last)."""
+def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = False,
+                   cfg: Config | None = None) -> None:
+    """A peft adapter (LoRA + the extras trained in place, as ``modules_to_save``) + tokenizer
+    into ``path`` (``generation.model.save_generator``), naming ``cfg.generator.model`` as
+    its base; merged weights into ``path/merged`` when asked (that merges the adapters into
+    ``model``: do it last)."""
     from jmlr.generation import model as generation
+    from jmlr.generation.sources import describe_source
 
-    generation.save_generator(model, tokenizer, path)
+    base = None if cfg is None else describe_source(cfg.generator.model, cfg.run.cache_dir)
+    generation.save_generator(model, tokenizer, path, base=base)
     if merge:
         generation.merge_and_save(model, tokenizer, path / "merged")
 

@@ -206,7 +206,7 @@ class JointStep(TrainingStep):
 
     def save_model(self, name: str, model: nn.Module, path: Path) -> None:
         if name == "generator":
-            parts.save_generator(model, self.tokenizer, path)
+            parts.save_generator(model, self.tokenizer, path, cfg=self.cfg)
         else:
             model.save(path)
 
@@ -222,6 +222,6 @@ class JointStep(TrainingStep):
 
     def export_final(self, models: Mapping[str, nn.Module], folder: Path) -> None:
         parts.save_generator(models["generator"], self.tokenizer, folder / "generator",
-                             merge=self.cfg.train.merge_on_export)
+                             merge=self.cfg.train.merge_on_export, cfg=self.cfg)
         models["retriever"].save(folder / "retriever")
 
