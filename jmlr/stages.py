@@ -1,7 +1,7 @@
 """The built-in stages of ``jmlr``, registered in pipeline order (see ``jmlr/stage.py``).
 
 prepare-demo -> index -> mine -> train -> evaluate -> factuality -> report, plus check-data,
-warmup and demo. Each entry is a thin adapter: argument parsing here, the work in the module
+export, warmup and demo. Each entry is a thin adapter: argument parsing here, the work in the module
 that owns it (imported only when the stage runs).
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jmlr.config import Config
+from jmlr.errors import ConfigError
 from jmlr.registry import STAGES
 from jmlr.stage import Stage, comma_list
 
@@ -227,6 +228,34 @@ def _report_in_demo(cfg: Config, quick: bool) -> Any:
 STAGES.register("report", Stage(
     help="HTML / Markdown report for a run", run=_report, arguments=_report_args,
     reads=("RUN",), writes=("RUN/report.html", "RUN/report.md"), demo=_report_in_demo))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder written by jmlr train")
+    p.add_argument("--merged", required=True, metavar="OUT",
+                   help="output folder: merged generator, retriever (colbert-ai and PyLate)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+
+
+def _export(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.config import load_config
+    from jmlr.export import run_export
+
+    if args.config is None:     # the run's own resolved config, with the command's overrides
+        saved = Path(args.run) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--run: {saved} is missing; pass -c CONFIG")
+        cfg = load_config(saved, args.overrides)
+    _print_json(run_export(cfg, run_dir=args.run, out=args.merged, overwrite=args.overwrite))
+
+
+STAGES.register("export", Stage(
+    help="a run's generator (merged) and retriever as folders that load without jmlr",
+    run=_export, arguments=_export_args, reads=("RUN/final", "RUN/config.yaml"),
+    writes=("OUT/generator", "OUT/retriever", "OUT/retriever-pylate")))
 
 
 # --------------------------------------------------------------------------- warmup, demo
