@@ -251,6 +251,59 @@ def test_the_index_records_checkpoint_corpus_and_ids(task, checkpoint):
     assert manifest["build_seconds"] > 0 and manifest["passages_per_second"] > 0
     assert json.loads((index / plaid.PASSAGE_IDS).read_text()) == [p.id for p in task.passages]
     assert not list(index.parent.glob(f".{index.name}.*"))   # no build leftovers
+    lines = (index / plaid.COLLECTION).read_text().splitlines()
+    assert lines == [f"{pid}\t{p.full_text}" for pid, p in enumerate(task.passages)]
+    colbert_config = json.loads((index / "metadata.json").read_text())["config"]
+    assert colbert_config["index_path"] == str(index.resolve())
+    assert colbert_config["collection"] == str(index.resolve() / plaid.COLLECTION)
+    assert colbert_config["checkpoint"] == str(checkpoint)
+    assert plaid.COLLECTION in manifest["files"]
+
+
+def documented_colbert_fix() -> str:
+    """The transformers-5 fix for colbert-ai as the README gives it to users."""
+    text = (REPO / "README.md").read_text()
+    after = text.split("**colbert-ai 0.2.22 on transformers 5**", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+COLBERT_ALONE = """
+import json, sys
+from pathlib import Path
+index = Path(sys.argv[1])
+from colbert import Searcher
+ids = json.loads((index / "passage_ids.json").read_text())
+searcher = Searcher(index=str(index), verbose=0)
+found = {}
+for pid, text in enumerate(searcher.collection):
+    pids, ranks, scores = searcher.search(text, k=3)
+    found[ids[pid]] = [[ids[p] for p in pids], [float(s) for s in scores]]
+assert "jmlr" not in sys.modules
+Path(sys.argv[2]).write_text(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_colbert_ai_alone_opens_and_searches_the_index(task, tmp_path):
+    """colbert-ai's own Searcher(index=...) with nothing but the index path, in a Python
+    without jmlr that applies only the README's transformers-5 fix."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "found.json"
+    script = documented_colbert_fix() + COLBERT_ALONE
+    done = subprocess.run([sys.executable, "-c", script, str(task.cfg.index_dir), str(out)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert list(found) == [p.id for p in task.passages]
+    assert all(ranked[0] == pid for pid, (ranked, _) in found.items())
+    searcher = plaid.PlaidSearcher(task.cfg.index_dir)   # jmlr's path gives the same
+    ours = searcher.search(searcher.encode([p.full_text for p in task.passages]), k=3)
+    assert [r.passage_ids for r in ours] == [ranked for ranked, _ in found.values()]
+    for result, (_, scores) in zip(ours, found.values(), strict=True):
+        assert result.scores == pytest.approx(scores, abs=1e-4)
 
 
 def test_an_existing_index_is_not_rebuilt_without_overwrite(task, run_cli):

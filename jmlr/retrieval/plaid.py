@@ -6,7 +6,12 @@ An index folder is colbert-ai's PLAID index plus two files of ours:
   fingerprint and size, settings, build time, every index file's size and, for the small
   ones, content hash: checked before each search). Written last: a folder without it is not
   a finished index.
-- ``passage_ids.json``: our passage id for each of colbert's integer pids, in order.
+- ``passage_ids.json``: our passage id for each of colbert's integer pids, in order;
+
+and the collection in colbert-ai's own format (``collection.tsv``: ``pid<TAB>text``), with
+colbert-ai's ``metadata.json`` naming the index's final location, its checkpoint and that
+collection, so that colbert-ai's ``Searcher(index=...)`` opens the folder with no other
+argument (on transformers 5, after the fix of ``colbert.py: install_compat``).
 
 Builds run in this process (colbert-ai's launcher would spawn a child per rank) into a
 hidden sibling folder that is renamed into place when complete, with colbert-ai's indexer as
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "jmlr_index.json"
 PASSAGE_IDS = "passage_ids.json"
+COLLECTION = "collection.tsv"
 MANIFEST_FORMAT = "jmlr-plaid-index/1"
 HASHED_UP_TO = 16 << 20     # index files up to this size also get a content hash (cheap to check)
 # What colbert-ai's searcher reads besides the per-chunk files (for manifests without a record).
@@ -144,11 +150,40 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
             "colbert_ai": metadata.version("colbert-ai"),
         }
         write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
+        write_collection(tmp / COLLECTION, texts)
+        point_metadata_at(tmp, index_dir, checkpoint)
         manifest["files"] = file_record(tmp)    # what check_files compares before a search
         write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
     log.info("index built in %.1f s (%.1f passages/s): %s", seconds,
              manifest["passages_per_second"], index_dir)
     return manifest
+
+
+def tsv_text(text: str) -> str:
+    """A passage on one tsv field: tabs and line breaks become spaces.
+
+    >>> tsv_text("a\tb\r\nc")
+    'a b  c'
+    """
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_collection(path: Path, texts: Sequence[str]) -> None:
+    """colbert-ai's collection file: ``pid<TAB>text`` per line, pids 0, 1, ... in order."""
+    with path.open("w", encoding="utf-8") as handle:
+        for pid, text in enumerate(texts):
+            handle.write(f"{pid}\t{tsv_text(text)}\n")
+
+
+def point_metadata_at(folder: Path, index_dir: Path, checkpoint: Path) -> None:
+    """colbert-ai's ``metadata.json`` names where the index will live (it was built in a
+    temporary folder), its checkpoint and its collection file: what ``Searcher(index=...)``
+    reads when given nothing else."""
+    path = folder / "metadata.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["config"].update(index_path=str(index_dir), index_name=index_dir.name,
+                          checkpoint=str(checkpoint), collection=str(index_dir / COLLECTION))
+    write_json(path, meta)
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:
