@@ -108,7 +108,7 @@ def by_kind(kind: str) -> Registry:
 
 # Each registry lists the modules that hold its built-in entries (imported on first use).
 RANK_OBJECTIVES = _registry("rank objective", "jmlr.training.rank_objectives")
-QUESTION_FORMATS = _registry("question format", "jmlr.data.formats")
+QUESTION_FORMATS = _registry("question format", "jmlr.data.formats", "jmlr.data.hub_formats")
 RETRIEVER_BACKENDS = _registry("retriever backend", "jmlr.retrieval.backends")
 TRAINING_STEPS = _registry("training step", "jmlr.training.steps")
 STAGES = _registry("stage", "jmlr.stages")

@@ -23,12 +23,23 @@ def load_split(data_cfg: DataConfig, split: str) -> list[MCQ]:
 
     Uses ``data.format`` and ``data.format_options``; ConfigError when the path is unset.
     """
-    from jmlr.data.formats import load_questions
-
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-    path = resolve_location(getattr(data_cfg, split), f"data.{split}")
-    return load_questions(path, fmt=data_cfg.format, format_options=data_cfg.format_options)
+    return read_questions(getattr(data_cfg, split), f"data.{split}", data_cfg, split)
+
+
+def read_questions(location: str, key: str, data_cfg: DataConfig, split: str | None) -> list[MCQ]:
+    """Questions from a file, a ``pkg:`` location or a ``datasets`` source (a save_to_disk
+    folder, a folder of data files, a hub id: ``hf_source.py``); ``key`` names the config key
+    in errors, ``split`` is the split a ``datasets`` source gives when it names none."""
+    from jmlr.data.formats import load_questions
+    from jmlr.data.hf_source import dataset_source
+
+    if not location:
+        raise ConfigError(f"{key} is not set")
+    where = location if dataset_source(location) else resolve_location(location, key)
+    return load_questions(where, fmt=data_cfg.format, format_options=data_cfg.format_options,
+                          split=split)
 
 
 def load_corpus_from_config(data_cfg: DataConfig) -> list[Passage]:

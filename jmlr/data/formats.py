@@ -358,24 +358,45 @@ def options_of(fmt: str, given: dict[str, Any] | None) -> Any:
 
 
 def load_questions(path: str | Path, fmt: str = "auto",
-                   format_options: dict[str, Any] | None = None) -> list[MCQ]:
+                   format_options: dict[str, Any] | None = None,
+                   split: str | None = None) -> list[MCQ]:
     """Read a question file in any registered format: validated MCQs with unique ids.
 
     ``fmt`` is a registered format name or "auto" (detect from the extension and first
     row); ``format_options`` maps format names to their options (``data.format_options``).
+    ``path`` may also name a ``datasets`` source (``hf_source.py``: a save_to_disk folder, a
+    folder of data files, a hub id), read through the same readers; ``split`` is then the
+    split taken when the location names none.
     """
+    from jmlr.data import hf_source
+
+    source = hf_source.dataset_source(str(path))
+    if source is not None:
+        return hf_source.load_questions_from(source, fmt, format_options, split)
     path = Path(path)
     if fmt == "auto":
         fmt = detect_format(path)
-    elif fmt not in QUESTION_FORMATS:
-        raise DataError(path, None, "format",
+    check_format_name(fmt, path)
+    rows = tqdm(_rows(path, QUESTION_FORMATS.get(fmt)), desc=f"reading {path.name}",
+                unit=" rows", disable=None, leave=False)
+    return read_rows(rows, path, fmt, format_options)
+
+
+def check_format_name(fmt: str, where: str | Path) -> None:
+    if fmt not in QUESTION_FORMATS:
+        raise DataError(where, None, "format",
                         f"unknown question format {fmt!r} (known: auto, {_format_list()})")
+
+
+def read_rows(rows: Iterable[tuple[int, dict[str, Any]]], path: str | Path, fmt: str,
+              format_options: dict[str, Any] | None = None) -> list[MCQ]:
+    """Validated MCQs with unique ids from ``(line, row)`` pairs of question format ``fmt``;
+    errors name ``path``, the line (or row number) and the field."""
+    path = Path(path)
     entry = QUESTION_FORMATS.get(fmt)
     options = options_of(fmt, format_options)
     questions: list[MCQ] = []
     lines: list[int] = []
-    rows = tqdm(_rows(path, entry), desc=f"reading {path.name}", unit=" rows", disable=None,
-                leave=False)
     for line, data in rows:
         row = _Row(data, path, line)
         questions.append(entry.read(row, options).validate(path, line))
@@ -383,6 +404,17 @@ def load_questions(path: str | Path, fmt: str = "auto",
     check_unique_ids(zip(lines, (q.id for q in questions), strict=True), path, "question")
     log.info("read %d questions from %s (format %s)", len(questions), path, fmt)
     return questions
+
+
+def format_of_keys(keys: set[str], where: str | Path) -> str:
+    """The question format that a row with these keys is in (a DataError when none is)."""
+    judged = _kind_of_row(dict.fromkeys(keys))
+    if judged is None or judged[0] != "questions":
+        what = "no question format" if judged is None else f"a {judged[0]}, not questions"
+        raise DataError(where, None, "format", f"its columns ({', '.join(sorted(keys))}) fit "
+                        f"{what}; name one with --format / data.format "
+                        f"(question formats: {_format_list()})")
+    return judged[1]
 
 
 def write_questions(path: str | Path, questions: Iterable[MCQ]) -> int:
@@ -414,8 +446,11 @@ def check_data(path: str | Path, fmt: str = "auto",
                format_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate a question file, a passage corpus or a knowledge base and summarise it
     (``jmlr check-data``)."""
-    from jmlr.data import corpus
+    from jmlr.data import corpus, hf_source
 
+    source = hf_source.dataset_source(str(path))
+    if source is not None:
+        return hf_source.check_dataset(source, fmt, format_options)
     if fmt == "auto":
         kind, fmt = sniff(path)
     elif fmt in QUESTION_FORMATS:

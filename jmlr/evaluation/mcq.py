@@ -61,14 +61,10 @@ log = logging.getLogger(__name__)
 def eval_questions(cfg: Config, split: str) -> dict[str, list[MCQ]]:
     """``{dataset name: questions}`` from ``eval.datasets``, or ``{split: data.<split>}``;
     each capped at ``eval.limit`` questions."""
-    from jmlr.data import load_split
-    from jmlr.data.formats import load_questions
-    from jmlr.resources import resolve_location
+    from jmlr.data import load_split, read_questions
 
     if cfg.eval.datasets:
-        found = {name: load_questions(resolve_location(path, f"eval.datasets.{name}"),
-                                      fmt=cfg.data.format,
-                                      format_options=cfg.data.format_options)
+        found = {name: read_questions(path, f"eval.datasets.{name}", cfg.data, split)
                  for name, path in cfg.eval.datasets.items()}
     else:
         found = {split: load_split(cfg.data, split)}

@@ -160,7 +160,7 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
 
 
 def tsv_text(text: str) -> str:
-    """A passage on one tsv field: tabs and line breaks become spaces.
+    r"""A passage on one tsv field: tabs and line breaks become spaces.
 
     >>> tsv_text("a\tb\r\nc")
     'a b  c'
