@@ -120,13 +120,22 @@ class RetrieverConfig:
 
 @dataclass
 class CandidatesConfig:
+    # Where training's candidates come from: "mined" (jmlr mine over the index of data.corpus)
+    # or "question_docs": each question's own passages (the JMLR authors' "doc" lists,
+    # metadata.docs in our jsonl), best first; no corpus, index or mining needed.
+    source: str = field(default="mined", metadata=_choices("mined", "question_docs"))
     top_n: int = 30
     path: str = ""                          # default: <run.out_dir>/candidates
     refresh_every: int = 0                  # re-search with the current query encoder every R steps (0: never)
     reindex_every: int = 0                  # full re-index with the current checkpoint (0: never)
 
     def validate(self, key: str) -> None:
-        _require([(self.top_n >= 1, "candidates.top_n must be >= 1")])
+        _require([
+            (self.top_n >= 1, "candidates.top_n must be >= 1"),
+            (self.source == "mined" or self.refresh_every == self.reindex_every == 0,
+             "candidates.refresh_every and reindex_every search an index: they need "
+             "candidates.source=mined"),
+        ])
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from jmlr.config import load_config
 from jmlr.data import load_split
 from jmlr.data.formats import load_questions
-from jmlr.errors import DataError
+from jmlr.errors import ConfigError, DataError
 
 GBAKER = "GBaker/MedQA-USMLE-4-options-hf"
 GBAKER_ROWS = {
@@ -142,3 +142,47 @@ def test_check_data_summarises_every_split_of_a_dataset(run_cli, tmp_path):
     assert summary["splits"]["train"]["answers"] == {"B": 1, "C": 1}
     code, _, err = run_cli("check-data", f"{folder}:validation")
     assert code == 2 and "no split 'validation'" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the authors' {input, output, doc} questions train on their own passages ---------------
+
+
+def authors_rows(passages, n: int = 4, docs: int = 5) -> list[dict]:
+    rows = []
+    for i in range(n):
+        gold = passages[i]
+        others = [p.text for p in passages[10 + i:10 + i + docs - 1]]
+        rows.append({"id": f"ref{i}", "input": f"Which syndrome causes {gold.text.split('causes ')[1]}\n"
+                     f"A. Syndrome {i}\nB. Syndrome {i + 10}\nC. Syndrome {i + 20}",
+                     "output": f"A. Syndrome {i} fits.", "doc": [gold.text, *others]})
+    return rows
+
+
+@pytest.mark.timeout(600)
+def test_training_reads_each_question_s_doc_passages_without_an_index(tmp_path_factory, tmp_path):
+    from tiny_retrieval import tiny_task
+
+    from jmlr.config import load_config
+    from jmlr.training.components import load_training_data
+    from jmlr.training.loop import run_train
+
+    task = tiny_task(tmp_path_factory.getbasetemp())
+    path = tmp_path / "ref_train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in authors_rows(task.passages)) + "\n")
+    overrides = [f"run.out_dir={tmp_path / 'run'}", f"data.train={path}", "data.dev=",
+                 "data.corpus=", "candidates.source=question_docs", "train.max_steps=2",
+                 "train.eval_every=-1", f"retriever.index_dir={tmp_path / 'no-index'}"]
+    cfg = load_config(task.config_path, overrides)
+    data = load_training_data(cfg)
+    assert data.train_candidates["ref0"].passage_ids == [f"ref0#doc{i}" for i in range(5)]
+    assert data.passages["ref0#doc0"].text == task.passages[0].text
+    summary = run_train(cfg)
+    assert summary["last_train"]["n_pairs"] > 0
+    assert (tmp_path / "run" / "final" / "retriever").is_dir()
+    assert not (tmp_path / "no-index").exists() and not (tmp_path / "run" / "candidates").exists()
+
+    few = load_config(task.config_path, [*overrides, "jmlr.k_sample=6", "candidates.top_n=8"])
+    with pytest.raises(ConfigError, match="fewer than 6 passages"):
+        load_training_data(few)
+    with pytest.raises(ConfigError, match="need candidates.source=mined"):
+        load_config(task.config_path, [*overrides, "candidates.refresh_every=1"])

@@ -41,9 +41,12 @@ class TrainingData:
     dev_candidates: dict[str, Candidates] = field(default_factory=dict)
 
     def candidate_texts(self, questions: list[MCQ]) -> list[list[str]]:
-        """Passage texts of each question's candidates, best first (what joint_step takes)."""
-        return [[self.passages[pid].full_text for pid in self.train_candidates[q.id].passage_ids]
-                for q in questions]
+        """Passage texts of each question's candidates, best first (what joint_step takes),
+        cut to the micro-batch's shortest list (the scorer takes one width; mined lists all
+        have top_n, the authors' doc lists may differ)."""
+        width = min(len(self.train_candidates[q.id].passage_ids) for q in questions)
+        return [[self.passages[pid].full_text
+                 for pid in self.train_candidates[q.id].passage_ids[:width]] for q in questions]
 
     def drawn_gold(self, questions: list[MCQ], drawn: torch.Tensor) -> torch.Tensor:
         """``[B, k]`` bool: which drawn candidates (indices into each question's candidate
@@ -94,12 +97,53 @@ def _mined(cfg: Config, split: str, corpus_fingerprint: str) -> dict[str, Candid
                           "before `jmlr train`") from None
 
 
+def question_doc_candidates(questions: list[MCQ], top_n: int, need: int, split: str
+                            ) -> tuple[dict[str, Candidates], dict[str, Passage]]:
+    """Each question's own passages (``metadata["docs"]``, best first) as its candidates:
+    the first ``top_n``, as passages ``<question id>#doc<i>``. ConfigError when a question
+    has fewer than ``need`` (the rank loss draws that many)."""
+    candidates, passages = {}, {}
+    short = [q.id for q in questions if len(q.metadata.get("docs") or []) < need]
+    if short:
+        raise ConfigError(f"candidates.source=question_docs: {len(short)} {split} question(s) "
+                          f"have fewer than {need} passages in their doc list (jmlr.k_sample and "
+                          f"jmlr.r_read; e.g. {short[:3]}); lower those or use "
+                          "candidates.source=mined")
+    for q in questions:
+        ids = []
+        for i, text in enumerate(q.metadata["docs"][:top_n]):
+            pid = f"{q.id}#doc{i}"
+            passages[pid] = Passage(pid, text)
+            ids.append(pid)
+        candidates[q.id] = Candidates(q.id, ids, [0.0] * len(ids))
+    return candidates, passages
+
+
+def _training_data_from_docs(cfg: Config, train: list[MCQ]) -> TrainingData:
+    from jmlr.data import load_split
+
+    need, top_n = max(cfg.jmlr.k_sample, cfg.jmlr.r_read), cfg.candidates.top_n
+    candidates, passages = question_doc_candidates(train, top_n, need, "train")
+    data = TrainingData(train=train, passages=passages, train_candidates=candidates)
+    if cfg.data.dev:
+        dev = [q for q in load_split(cfg.data, "dev") if q.gold_passage_ids and q.metadata.get("docs")]
+        if dev:
+            data.dev_candidates, dev_passages = question_doc_candidates(dev, top_n, 1, "dev")
+            data.passages.update(dev_passages)
+            # gold ids name passages of the doc lists by position: "<question id>#doc<i>"
+            data.dev = [q for q in dev if set(q.gold_passage_ids) & set(data.dev_candidates[q.id].passage_ids)]
+    return data
+
+
 def load_training_data(cfg: Config) -> TrainingData:
-    """Train (and, when configured, dev) questions, the corpus and their mined candidates."""
+    """Train (and, when configured, dev) questions, the corpus and their mined candidates,
+    or (``candidates.source=question_docs``) each question's own passages."""
     from jmlr.data import load_corpus_from_config, load_split
     from jmlr.data.corpus import corpus_fingerprint
 
     train = load_split(cfg.data, "train")
+    if cfg.candidates.source == "question_docs":
+        return _training_data_from_docs(cfg, train)
     corpus = load_corpus_from_config(cfg.data)
     fingerprint = corpus_fingerprint(corpus)   # the candidates must be mined over this corpus
     passages = {p.id: p for p in corpus}
