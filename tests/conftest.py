@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+# evaluate copies the metric scripts it loads into a modules cache: a private one for tests.
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="jmlr-test-hf-modules-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -564,3 +564,55 @@ def test_qrels_give_retrieval_metrics_to_questions_without_gold_ids(world, tmp_p
     bad.write_text("q1 p1\n")
     with pytest.raises(DataError, match="bad.tsv:1: .*expected 3 .* or 4"):
         run_evaluate(config(world, run_dir, f"eval.qrels={bad}", "eval.modes=[frozen]"), run_dir)
+
+
+# --- the evaluate metric modules shipped in the package -----------------------------------
+
+METRICS_ALONE = """
+import json, shutil, sys, tempfile
+from pathlib import Path
+import evaluate
+work = Path(tempfile.mkdtemp())
+for name in ("mcq_accuracy", "umls_f"):            # copied: they need nothing of jmlr
+    shutil.copytree(Path(sys.argv[1]) / name, work / name)
+acc = evaluate.load(str(work / "mcq_accuracy")).compute(
+    predictions=["A", "", "C", "D"], references=["A", "B", "C", "A"], bootstrap_samples=200, seed=3)
+f = evaluate.load(str(work / "umls_f")).compute(
+    predictions=[["C1", "C2"], []], references=[["C2", "C3", "C4"], ["C1"]])
+try:
+    evaluate.load("accuracy")
+    hub = "loaded"
+except Exception as err:
+    hub = type(err).__name__
+assert "jmlr" not in sys.modules
+Path(sys.argv[2]).write_text(json.dumps({"accuracy": acc, "umls_f": f, "hub": hub}))
+"""
+
+
+def test_metric_modules_load_offline_by_path_without_jmlr_and_give_the_command_s_numbers(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from jmlr.evaluation.metric_modules import metric_path
+    from jmlr.evaluation.umls_f import macro_average
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-c", METRICS_ALONE, str(metric_path("umls_f").parent),
+                           str(out)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    rows = [Prediction(f"q{i}", "d", "none", "letter", gold, pred or None, pred == gold)
+            for i, (pred, gold) in enumerate(zip(["A", "", "C", "D"], ["A", "B", "C", "A"],
+                                                 strict=True))]
+    ours = summarise(rows, samples=200, seed=3)
+    assert {k: ours[k] for k in found["accuracy"]} == found["accuracy"]
+    assert found["accuracy"]["accuracy"] == 0.5 and found["accuracy"]["ci_low"] < 0.5
+    records = [{"generated_concepts": ["C1", "C2"], "reference_concepts": ["C2", "C3", "C4"]},
+               {"generated_concepts": [], "reference_concepts": ["C1"]}]
+    assert macro_average(records) == found["umls_f"]
+    assert found["umls_f"]["f1"] == 0.2
+    assert found["hub"] == "FileNotFoundError"       # evaluate's hub metrics need the network

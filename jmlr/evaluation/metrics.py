@@ -1,9 +1,10 @@
 """Predictions and the numbers computed from them: accuracy, bootstrap interval, tables.
 
 A predictions file has one JSON object a line (see :class:`Prediction`); ``jmlr evaluate``
-writes it, ``jmlr factuality`` and ``jmlr report`` read it. Accuracy is computed here rather
-than with the ``evaluate`` library: its ``accuracy`` metric is a script fetched from the hub
-on first use, which an offline machine cannot do; the mean of a boolean vector needs none.
+writes it, ``jmlr factuality`` and ``jmlr report`` read it. Accuracy and its bootstrap
+interval are computed by the ``evaluate`` metric module shipped in the package
+(``metric_modules/mcq_accuracy``, loaded by path: evaluate's hub ``accuracy`` script cannot
+be fetched offline).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def accuracy(correct: Sequence[bool]) -> float:
 
 def bootstrap_interval(correct: Sequence[bool], samples: int, seed: int,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the accuracy: resample the questions with
-    replacement ``samples`` times (seeded, so the same inputs give the same interval).
+    """Percentile bootstrap interval of the accuracy: the questions resampled with
+    replacement ``samples`` times, seeded (``mcq_accuracy``'s own computation).
 
     >>> bootstrap_interval([True] * 5, samples=100, seed=0)
     (1.0, 1.0)
@@ -113,15 +114,21 @@ def bootstrap_interval(correct: Sequence[bool], samples: int, seed: int,
     >>> 0.35 < low < 0.5 < high < 0.65
     True
     """
-    values = np.asarray(correct, dtype=float)
-    if values.size == 0 or samples <= 0:
-        mean = accuracy(correct)
-        return mean, mean
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
+    found = mcq_accuracy(["A" if c else "" for c in correct], ["A"] * len(correct), samples,
+                         seed, level)
+    return found["ci_low"], found["ci_high"]
+
+
+def mcq_accuracy(predicted: Sequence[str | None], gold: Sequence[str], samples: int, seed: int,
+                 level: float = 0.95) -> dict[str, Any]:
+    """accuracy, ci_low, ci_high, n, n_correct through the shipped ``mcq_accuracy`` metric."""
+    from jmlr.evaluation.metric_modules import load_metric
+
+    if not gold:        # evaluate refuses an empty batch
+        return {"accuracy": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 0, "n_correct": 0}
+    return load_metric("mcq_accuracy").compute(
+        predictions=[p or "" for p in predicted], references=list(gold),
+        bootstrap_samples=samples, seed=seed, level=level)
 
 
 def summarise(predictions: Sequence[Prediction], samples: int, seed: int,
@@ -137,12 +144,12 @@ def summarise(predictions: Sequence[Prediction], samples: int, seed: int,
     """
     from jmlr.evaluation.letters import letter_distribution
 
-    correct = [p.correct for p in predictions]
-    low, high = bootstrap_interval(correct, samples, seed)
+    found = mcq_accuracy([p.predicted for p in predictions], [p.gold for p in predictions],
+                         samples, seed)
     unparseable = [p.id for p in predictions if p.predicted is None]
     summary: dict[str, Any] = {
-        "accuracy": accuracy(correct), "ci_low": low, "ci_high": high,
-        "n": len(predictions), "n_correct": int(sum(correct)),
+        "accuracy": found["accuracy"], "ci_low": found["ci_low"], "ci_high": found["ci_high"],
+        "n": found["n"], "n_correct": found["n_correct"],
         "unparseable": len(unparseable), "unparseable_ids": unparseable,
         # what was predicted: a change of favourite letter is not a gain in reading
         "letters": letter_distribution([p.predicted for p in predictions],

@@ -66,26 +66,30 @@ def set_scores(generated: set[str], reference: set[str]) -> SetScores:
 
 
 def macro_average(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Macro P / R / F1 over per-example records (keys precision, recall, f1,
-    generated_concepts, reference_concepts), with n and the empty-set counts.
+    """Macro P / R / F1 over per-example records (their generated_concepts and
+    reference_concepts), with n and the empty-set counts.
 
-    >>> rows = [{"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "generated_concepts": [1],
-    ...          "reference_concepts": [1, 2]},
-    ...         {"precision": 0.0, "recall": 0.0, "f1": 0.0, "generated_concepts": [],
-    ...          "reference_concepts": [3]}]
+    >>> rows = [{"generated_concepts": ["C1"], "reference_concepts": ["C1", "C2"]},
+    ...         {"generated_concepts": [], "reference_concepts": [{"cui": "C3"}]}]
     >>> macro_average(rows)
     {'n': 2, 'precision': 0.5, 'recall': 0.25, 'f1': 0.333333, 'n_empty_generated': 1, 'n_empty_reference': 0}
     >>> macro_average([])["f1"]
     0.0
     """
-    n = len(records)
+    from jmlr.evaluation.metric_modules import load_metric
 
-    def mean(key: str) -> float:
-        return round(sum(r[key] for r in records) / n, 6) if n else 0.0
+    if not records:     # evaluate refuses an empty batch
+        return {"n": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                "n_empty_generated": 0, "n_empty_reference": 0}
+    # computed by the shipped evaluate module (metric_modules/umls_f) from the concept ids
+    return load_metric("umls_f").compute(
+        predictions=[_cuis(r["generated_concepts"]) for r in records],
+        references=[_cuis(r["reference_concepts"]) for r in records])
 
-    return {"n": n, "precision": mean("precision"), "recall": mean("recall"), "f1": mean("f1"),
-            "n_empty_generated": sum(1 for r in records if not r["generated_concepts"]),
-            "n_empty_reference": sum(1 for r in records if not r["reference_concepts"])}
+
+def _cuis(concepts: Sequence[Any]) -> list[str]:
+    """The concept ids of a record's concept list (concept objects as JSON, or bare ids)."""
+    return [str(c["cui"]) if isinstance(c, dict) else str(c) for c in concepts]
 
 
 def _concept_list(cuis: Iterable[str], names: dict[str, str],
