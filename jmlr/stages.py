@@ -73,7 +73,7 @@ def _check_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_data(_cfg: None, args: argparse.Namespace) -> None:
-    from jmlr.data.formats import check_data
+    from jmlr.data.checking import check_data
 
     options = {"medmcqa": {"one_based": True}} if args.one_based else {}
     _print_json(check_data(args.path, fmt=args.format, format_options=options))

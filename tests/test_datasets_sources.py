@@ -186,3 +186,43 @@ def test_training_reads_each_question_s_doc_passages_without_an_index(tmp_path_f
         load_training_data(few)
     with pytest.raises(ConfigError, match="need candidates.source=mined"):
         load_config(task.config_path, [*overrides, "candidates.refresh_every=1"])
+
+
+# --- corpora: a folder of files, each passage tagged with its source, read as a stream ------
+
+
+def test_a_corpus_folder_tags_each_passage_with_its_file_and_check_data_streams_it(
+        tmp_path, run_cli, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jmlr.data import corpus
+    from jmlr.data.schema import Passage
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    corpus.write_corpus(folder / "pubmed.jsonl", [Passage("pm1", "Fever and rash."),
+                                                   Passage("pm2", "Gout causes joint pain.")])
+    pq.write_table(pa.table({"id": [f"sp{i}" for i in range(5000)],
+                             "text": [f"StatPearls passage {i % 4000}." for i in range(5000)]}),
+                   folder / "statpearls.parquet", row_group_size=512)
+    (folder / "textbooks.tsv").write_text("tb1\tMeasles causes fever and rash.\tMeasles\n")
+    (folder / "notes.txt").write_text("not a corpus file")
+    passages = corpus.load_corpus(folder, dedup=False)
+    assert len(passages) == 5003
+    assert {p.source for p in passages} == {"pubmed", "statpearls", "textbooks"}
+    assert passages[0].to_json() == {"id": "pm1", "text": "Fever and rash.", "source": "pubmed"}
+
+    def no_lists(*_a, **_k):
+        raise AssertionError("check-data must stream, not load the corpus")
+
+    monkeypatch.setattr(corpus, "load_corpus", no_lists)
+    code, out, err = run_cli("check-data", folder)
+    assert code == 0, err
+    assert json.loads(out) == {"kind": "corpus", "format": "folder", "passages": 5003,
+                               "duplicate_texts": 1000,
+                               "sources": {"pubmed": 2, "statpearls": 5000, "textbooks": 1}}
+    corpus.write_corpus(folder / "zz_more.jsonl", [Passage("pm2", "Another text.")])
+    code, _, err = run_cli("check-data", folder)
+    assert code == 2 and f"zz_more.jsonl:1: field 'id': duplicate passage id 'pm2' (first on " \
+                         f"{folder / 'pubmed.jsonl'}:2)" in err

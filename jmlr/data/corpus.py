@@ -12,6 +12,12 @@ Corpus formats (``data.corpus_format``):
 ``parquet``
     The same columns as jsonl.
 
+``data.corpus`` may also name a folder of such files (``pubmed.jsonl``, ``statpearls.parquet``,
+``textbooks.tsv``...): every file is read, in name order, and each passage is tagged with its
+file's stem as ``source`` (a row's own ``source`` field wins); ids must be unique across the
+files. Files are read row by row (parquet in record batches), so ``jmlr check-data`` of a
+corpus larger than memory streams it (``corpus_scan.py``).
+
 Chunking splits long passages into windows of ``chunk_words`` words overlapping by
 ``chunk_overlap`` words; a passage that is split gets ids ``<id>#0``, ``<id>#1``, ...
 (``source_passage_id`` recovers ``<id>``), one that fits keeps its id.
@@ -31,7 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from jmlr.data.rows import JSON_SUFFIXES, iter_json_rows, iter_parquet_rows, require_file
-from jmlr.data.schema import MCQ, Passage, check_unique_ids
+from jmlr.data.schema import MCQ, Passage
 from jmlr.errors import ConfigError, DataError
 from jmlr.io import write_jsonl
 from jmlr.textfile import escaped_path, utf8_error
@@ -110,7 +116,11 @@ def _passage_from_row(row: dict[str, Any], path: Path, line: int) -> Passage:
     title = row.get("title")
     if title is not None and not isinstance(title, str):
         raise DataError(path, line, "title", "must be text")
-    return Passage(str(passage_id).strip(), text.strip(), (title or "").strip() or None)
+    source = row.get("source")
+    if source is not None and not isinstance(source, str):
+        raise DataError(path, line, "source", "must be text")
+    return Passage(str(passage_id).strip(), text.strip(), (title or "").strip() or None,
+                   (source or "").strip() or None)
 
 
 def _tsv_field(line: str) -> str | None:
@@ -164,6 +174,39 @@ def detect_corpus_format(path: str | Path) -> str:
                     f"name it with data.corpus_format / --format (known: {', '.join(CORPUS_FORMATS)})")
 
 
+CORPUS_SUFFIXES = (".tsv", ".parquet", *JSON_SUFFIXES)
+
+
+def corpus_files(path: str | Path) -> list[tuple[Path, str | None]]:
+    """``(file, source tag)`` of a corpus: the file itself (no tag), or each corpus file of a
+    folder in name order, tagged with its stem."""
+    path = Path(path)
+    if not path.is_dir():
+        return [(path, None)]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+    if not files:
+        raise DataError(path, None, None, "a folder with no corpus file "
+                        f"({', '.join(CORPUS_SUFFIXES)})")
+    return [(file, file.stem) for file in files]
+
+
+def corpus_stamp(path: str | Path) -> tuple[int, int, int]:
+    """(newest mtime, total size, file count) of a corpus file or folder: changes when it is
+    edited, so an open index checks the corpus again."""
+    stats = [file.stat() for file, _ in corpus_files(path)]
+    return max(s.st_mtime_ns for s in stats), sum(s.st_size for s in stats), len(stats)
+
+
+def read_corpus(path: str | Path, fmt: str = "auto") -> Iterator[tuple[Path, int, Passage]]:
+    """``(file, line, Passage)`` for every passage of a corpus file or folder, streamed, each
+    tagged with its file's source (unless its row names one)."""
+    for file, tag in corpus_files(path):
+        for line, passage in read_passages(file, "auto" if tag else fmt):
+            if tag and not passage.source:
+                passage.source = tag
+            yield file, line, passage
+
+
 def read_passages(path: str | Path, fmt: str = "auto") -> Iterator[tuple[int, Passage]]:
     """``(line, Passage)`` for every passage of a corpus file, as written (no chunking)."""
     path = Path(path)
@@ -190,16 +233,22 @@ def load_corpus(path: str | Path, fmt: str = "auto", chunk_words: int = 0,
     if chunk_words < 0 or chunk_overlap < 0 or (chunk_words and chunk_overlap >= chunk_words):
         raise ConfigError("data.chunk_overlap must be >= 0 and smaller than data.chunk_words "
                           f"(got chunk_words={chunk_words}, chunk_overlap={chunk_overlap})")
-    located = list(tqdm(read_passages(path, fmt), desc=f"reading {path.name}", unit=" passages",
+    located = list(tqdm(read_corpus(path, fmt), desc=f"reading {path.name}", unit=" passages",
                         disable=None, leave=False))
-    check_unique_ids(((line, p.id) for line, p in located), path, "passage")
+    first: dict[str, tuple[Path, int]] = {}
+    for file, line, passage in located:
+        if passage.id in first:
+            where = first[passage.id]
+            seen = f"line {where[1]}" if where[0] == file else f"{where[0]}:{where[1]}"
+            raise DataError(file, line, "id", f"duplicate passage id {passage.id!r} (first on {seen})")
+        first[passage.id] = (file, line)
     passages: list[Passage] = []
-    for _, passage in located:
+    for _, _, passage in located:
         pieces = chunk_text(passage.text, chunk_words, chunk_overlap)
         if len(pieces) == 1:
             passages.append(passage)
         else:
-            passages.extend(Passage(f"{passage.id}#{k}", piece, passage.title)
+            passages.extend(Passage(f"{passage.id}#{k}", piece, passage.title, passage.source)
                             for k, piece in enumerate(pieces))
     if len(passages) != len(located):
         log.info("chunked %d passages into %d chunks of <= %d words", len(located),

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jmlr.data.kb import check_kb, is_kb_row
+from jmlr.data.kb import is_kb_row
 from jmlr.data.refparse import parse_output, split_options
 from jmlr.data.rows import (
     JSON_SUFFIXES,
@@ -420,55 +419,3 @@ def format_of_keys(keys: set[str], where: str | Path) -> str:
 def write_questions(path: str | Path, questions: Iterable[MCQ]) -> int:
     """Write questions atomically as our generic jsonl (format "jmlr"); returns the count."""
     return write_jsonl(path, (q.to_json() for q in questions))
-
-
-def summarise_questions(questions: list[MCQ], fmt: str) -> dict[str, Any]:
-    """Counts that ``jmlr check-data`` prints for a question file."""
-    option_counts = Counter(str(len(q.options)) for q in questions)
-    summary: dict[str, Any] = {
-        "kind": "questions",
-        "format": fmt,
-        "questions": len(questions),
-        "with_rationale": sum(1 for q in questions if q.rationale),
-        "option_counts": dict(sorted(option_counts.items(), key=lambda kv: int(kv[0]))),
-        "answers": dict(sorted(Counter(q.answer for q in questions).items())),
-    }
-    gold = sum(1 for q in questions if q.gold_passage_ids)
-    if gold:
-        summary["with_gold_passages"] = gold
-    subjects = Counter(q.metadata["subject"] for q in questions if q.metadata.get("subject"))
-    if subjects:
-        summary["subjects"] = dict(sorted(subjects.items()))
-    return summary
-
-
-def check_data(path: str | Path, fmt: str = "auto",
-               format_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate a question file, a passage corpus or a knowledge base and summarise it
-    (``jmlr check-data``)."""
-    from jmlr.data import corpus, hf_source
-
-    source = hf_source.dataset_source(str(path))
-    if source is not None:
-        return hf_source.check_dataset(source, fmt, format_options)
-    if fmt == "auto":
-        kind, fmt = sniff(path)
-    elif fmt in QUESTION_FORMATS:
-        kind = "questions"
-    elif fmt in corpus.CORPUS_FORMATS:
-        kind = "corpus"
-    elif fmt == "kb":
-        kind = "kb"
-    else:
-        raise DataError(path, None, "format",
-                        f"unknown format {fmt!r} (question formats: {_format_list()}; "
-                        f"corpus formats: {', '.join(corpus.CORPUS_FORMATS)}; knowledge base: kb)")
-    if kind == "kb":
-        return check_kb(path)
-    if kind == "corpus":
-        passages = corpus.load_corpus(path, fmt=fmt, dedup=False)
-        distinct = len({p.text for p in passages})
-        return {"kind": "corpus", "format": fmt, "passages": len(passages),
-                "duplicate_texts": len(passages) - distinct}
-    questions = load_questions(path, fmt=fmt, format_options=format_options)
-    return summarise_questions(questions, fmt)

@@ -191,7 +191,7 @@ def check_dataset(source: DatasetSource, fmt: str, format_options: dict[str, Any
                   ) -> dict[str, Any]:
     """``jmlr check-data`` of a ``datasets`` source: each split (or the one named) read and
     summarised like a question file."""
-    from jmlr.data.formats import summarise_questions
+    from jmlr.data.checking import summarise_questions
 
     splits = {}
     for name, dataset in splits_of(source, None):

@@ -138,6 +138,7 @@ class Passage:
     id: str
     text: str
     title: str | None = None
+    source: str | None = None      # which corpus file of a corpus folder it came from
 
     @property
     def full_text(self) -> str:
@@ -148,6 +149,8 @@ class Passage:
         row: dict[str, Any] = {"id": self.id, "text": self.text}
         if self.title:
             row["title"] = self.title
+        if self.source:
+            row["source"] = self.source
         return row
 
 

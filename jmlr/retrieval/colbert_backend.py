@@ -77,16 +77,17 @@ def _open_index(cfg: Config, checkpoint: str | Path | None = None) -> _OpenIndex
     """Open ``cfg.index_dir`` once per (build, query encoder); the configured corpus must be
     the one it was built over."""
     from jmlr.data import load_corpus_from_config
-    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.data.corpus import corpus_fingerprint, corpus_stamp
     from jmlr.resources import resolve_location
     from jmlr.retrieval import plaid
 
     index_dir = cfg.index_dir.expanduser().resolve()
     manifest = plaid.read_manifest(index_dir)
     encoder = resolve_location(str(checkpoint), "checkpoint").resolve() if checkpoint else None
-    corpus = resolve_location(cfg.data.corpus, "data.corpus").stat()   # an edited corpus is checked again
+    # an edited corpus (file, or a file of a corpus folder) is checked again
+    stamp = corpus_stamp(resolve_location(cfg.data.corpus, "data.corpus"))
     key = (str(index_dir), manifest["build_id"], str(encoder), cfg.retriever.query_maxlen,
-           repr(cfg.data), corpus.st_mtime_ns, corpus.st_size)
+           repr(cfg.data), stamp)
     if key not in _OPEN:
         passages = load_corpus_from_config(cfg.data)
         plaid.check_corpus(manifest, passages, corpus_fingerprint(passages), index_dir)
