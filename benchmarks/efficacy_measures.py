@@ -138,22 +138,19 @@ def research_ranks(cfg: Config, checkpoint: str | Path, questions: Sequence[MCQ]
 
 def teacher_ranks(cfg: Config, questions: Sequence[MCQ], pools: Mapping[str, Candidates],
                   corpus: Mapping[str, str]) -> Ranks:
-    """Gold ranks when the base generator's own utilities order the mined candidates: the
-    ceiling of what the teacher can teach (lower loss first)."""
+    """Gold ranks when the base generator's own utilities (the configured ``jmlr.utility``)
+    order the mined candidates: the ceiling of what the teacher can teach (lower first)."""
     from jmlr.training import components as parts
-    from jmlr.training.token_losses import passage_utilities
+    from jmlr.training.utilities import utility_fn
 
     gen, tokenizer = parts.load_generator_for_training(cfg)
-    encode = parts.make_encode_fn(cfg, tokenizer, for_utility=True)
+    utilities = utility_fn(cfg, tokenizer)
     ranked = {}
     with torch.no_grad():
         for q in questions:
             ids = pools[q.id].passage_ids
-            batch = encode([q] * len(ids), [[corpus[pid]] for pid in ids])
             with gen.disable_adapter():
-                losses = passage_utilities(gen, batch, "utility_mask",
-                                           cfg.jmlr.utility_tokens_per_forward or None)
-            values = losses.tolist()
+                values = utilities(gen, [q] * len(ids), [[corpus[pid]] for pid in ids]).tolist()
             order = sorted(range(len(ids)), key=values.__getitem__)
             ranked[q.id] = [ids[i] for i in order]
     return gold_ranks(ranked, questions)

@@ -179,6 +179,11 @@ class JMLRConfig:
     lambda_rank: float = 1.0
     target: str = field(default="letter_text", metadata=_choices(
         "letter", "letter_text", "letter_text_rationale"))
+    # What a passage is worth, the number the retriever learns to order by: a registered
+    # utility (jmlr/training/utilities.py). "answer_loss": the generator's loss on the
+    # utility_span (the paper); "option_contrast": -log of the gold option's share among the
+    # options' likelihoods, so that words every option shares earn a passage nothing.
+    utility: str = field(default="answer_loss", metadata=_registered("utility"))
     utility_span: str = field(default="option_text", metadata=_choices(
         "option_text", "target", "rationale"))
     # Which model's losses are the utilities (jmlr/training/teacher.py): "current", the generator

@@ -1,5 +1,5 @@
 """Registries: one per kind of pluggable thing (rank objectives, question formats, retriever
-backends, training steps, stages), each a name → entry map.
+backends, training steps, stages, passage utilities), each a name → entry map.
 
 A new kind of thing is one module plus one registry entry, never edits across the tree:
 built-in entries register themselves with the decorator when their module is imported, and
@@ -108,6 +108,7 @@ def by_kind(kind: str) -> Registry:
 
 # Each registry lists the modules that hold its built-in entries (imported on first use).
 RANK_OBJECTIVES = _registry("rank objective", "jmlr.training.rank_objectives")
+UTILITIES = _registry("utility", "jmlr.training.utilities")
 QUESTION_FORMATS = _registry("question format", "jmlr.data.formats", "jmlr.data.hub_formats")
 RETRIEVER_BACKENDS = _registry("retriever backend", "jmlr.retrieval.backends")
 TRAINING_STEPS = _registry("training step", "jmlr.training.steps")

@@ -34,6 +34,7 @@ from jmlr.training.token_losses import eval_mode, generator_loss, passage_utilit
 if TYPE_CHECKING:
     from jmlr.config import JMLRConfig
     from jmlr.data.schema import MCQ
+    from jmlr.training.utilities import UtilityFn
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
                max_tokens_per_forward: int | None = None,
                utility_encode_fn: EncodeFn | None = None,
                teacher: BaseTeacher | None = None,
-               query_template: str = DEFAULT_QUERY_TEMPLATE) -> JointStepOutput:
+               query_template: str = DEFAULT_QUERY_TEMPLATE,
+               utility_fn: UtilityFn | None = None) -> JointStepOutput:
     """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
 
     ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
@@ -198,7 +200,9 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     the utility sequences (default ``encode_fn``; see ``prompt_encoder(for_utility=True)``).
     ``teacher``: the utilities come from the base generator (``jmlr.utility_model=base``);
     None: from ``model`` as it is now. ``query_template``: the retriever's query
-    (``retriever.query_template``).
+    (``retriever.query_template``). ``utility_fn``: how a passage's utility is computed
+    (``jmlr.utility``, ``training/utilities.py``); None: the answer loss over the utility
+    sequences of ``utility_encode_fn``.
     """
     texts = _rectangular(candidates)
     if len(texts) != len(questions):
@@ -222,13 +226,19 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     if cfg.train_retriever or cfg.utilities_when_frozen:
         # k sequences [passage_j ; question] per question, then one with no passage: its loss
         # is the baseline that says how much each passage helps (the gain ℓ_none − ℓ_j).
-        utility_batch = (utility_encode_fn or encode_fn)(
-            [q for q in questions for _ in range(k)] + list(questions),
-            [[text] for row in drawn for text in row] + [[] for _ in questions])
-        with teacher_context(teacher):
-            losses = passage_utilities(model, utility_batch, "utility_mask", max_tokens_per_forward)
+        utility_questions = [q for q in questions for _ in range(k)] + list(questions)
+        utility_passages = [[text] for row in drawn for text in row] + [[] for _ in questions]
+        if utility_fn is None:
+            utility_batch = (utility_encode_fn or encode_fn)(utility_questions, utility_passages)
+            with teacher_context(teacher):
+                losses = passage_utilities(model, utility_batch, "utility_mask",
+                                           max_tokens_per_forward)
+            utility_tokens = int(utility_batch["attention_mask"].sum())
+        else:
+            with teacher_context(teacher):
+                losses = utility_fn(model, utility_questions, utility_passages)
+        losses = losses.float()
         utilities, baseline = losses[:batch_size * k].view(batch_size, k), losses[batch_size * k:]
-        utility_tokens = int(utility_batch["attention_mask"].sum())
         if cfg.train_retriever:
             sampled_scores = score_fn(queries, drawn)                            # [B, k]
         else:

@@ -31,7 +31,8 @@ from jmlr.training.objective import gold_pair_agreement, joint_step
 from jmlr.training.stats import mean, total
 from jmlr.training.steps.base import StepOutput, TrainingStep
 from jmlr.training.teacher import BaseTeacher, teacher_context
-from jmlr.training.token_losses import eval_mode, passage_utilities
+from jmlr.training.token_losses import eval_mode
+from jmlr.training.utilities import utility_fn
 
 if TYPE_CHECKING:
     from jmlr.config import Config
@@ -65,7 +66,7 @@ class JointStep(TrainingStep):
         generator, self.tokenizer = parts.load_generator_for_training(self.cfg)
         retriever = parts.load_retriever_for_training(self.cfg)
         self.encode = parts.make_encode_fn(self.cfg, self.tokenizer)
-        self.utility_encode = parts.make_encode_fn(self.cfg, self.tokenizer, for_utility=True)
+        self.utility = utility_fn(self.cfg, self.tokenizer)
         # The generator as it was before training: the teacher when jmlr.utility_model=base,
         # and the reference of the dev reading-gain diagnostic in any case.
         self.base = None
@@ -95,7 +96,8 @@ class JointStep(TrainingStep):
         out = joint_step(questions, self.data.candidate_texts(questions),
                          score_fn=models["retriever"].score, model=models["generator"],
                          encode_fn=self.encode, cfg=jmlr, generator=sampler,
-                         utility_encode_fn=self.utility_encode, teacher=self.teacher,
+                         utility_fn=self.utility,
+                         teacher=self.teacher,
                          query_template=self.cfg.retriever.query_template,
                          max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
         # Gold pairs (a gold passage against another drawn one), where the questions name
@@ -178,10 +180,9 @@ class JointStep(TrainingStep):
 
         def gains(models: Mapping[str, nn.Module], questions: list[MCQ], teacher: Any) -> Tensor:
             gold = [[data.passages[q.gold_passage_ids[0]].full_text] for q in questions]
-            batch = self.utility_encode([*questions, *questions], [[] for _ in questions] + gold)
             with teacher_context(teacher):
-                losses = passage_utilities(models["generator"], batch, "utility_mask",
-                                           self.cfg.jmlr.utility_tokens_per_forward or None)
+                losses = self.utility(models["generator"], [*questions, *questions],
+                                      [[] for _ in questions] + gold)
             return losses[:len(questions)] - losses[len(questions):]       # ℓ_none − ℓ_gold
 
         found: dict[str, list[float]] = {"reading_gain": [], "reading_gain_base": []}
