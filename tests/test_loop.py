@@ -265,6 +265,45 @@ def test_missing_candidates_say_to_run_jmlr_mine(task, tmp_path, run_cli):
     assert code == 2 and "jmlr mine" in err
 
 
+@pytest.mark.parametrize("key, fragment", [
+    ("retriever.checkpoint", "retriever.checkpoint: {missing} does not exist"),
+    ("generator.model", "generator.model: {missing} does not exist"),
+    ("data.train", "data.train: {missing} does not exist"),
+    ("data.dev", "data.dev: {missing} does not exist"),
+    ("data.corpus", "data.corpus: {missing} does not exist"),
+])
+def test_a_missing_input_is_reported_before_the_corpus_or_any_model_loads(
+        task, tmp_path, run_cli, monkeypatch, key, fragment):
+    from jmlr.retrieval.colbert_backend import ColbertBackend
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before every input was checked")
+
+    monkeypatch.setattr("jmlr.generation.model.load_generator", never)
+    monkeypatch.setattr("jmlr.retrieval.colbert.prepare_checkpoint", never)
+    monkeypatch.setattr(ColbertBackend, "load_scorer", never)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    missing = tmp_path / "missing"
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", f"{key}={missing}"))
+    assert code == 2 and fragment.format(missing=missing) in err
+    assert not (tmp_path / "run").exists()        # nothing written before the checks
+
+
+def test_missing_dev_candidates_are_reported_before_the_corpus_loads(task, tmp_path, run_cli,
+                                                                   monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the corpus was read before the candidates were located")
+
+    candidates = tmp_path / "candidates"
+    candidates.mkdir()
+    shutil.copy(task.root / "loop_candidates" / "train.jsonl", candidates)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", f"candidates.path={candidates}"))
+    assert code == 2 and "dev" in err and "jmlr mine" in err
+
+
 def test_a_run_folder_with_checkpoints_needs_resume(task, tmp_path, run_cli):
     (ckpt.step_dir(tmp_path / "run", 1)).mkdir(parents=True)
     (ckpt.step_dir(tmp_path / "run", 1) / ckpt.STATE_FILE).write_text("{}")
