@@ -150,6 +150,35 @@ def test_a_failed_save_leaves_no_checkpoint_that_looks_complete(tmp_path, accele
     assert ckpt.find_latest(tmp_path) is None
 
 
+def kept(run_dir) -> list[str]:
+    return [path.name for path in ckpt.complete_checkpoints(run_dir)]
+
+
+def test_a_new_checkpoint_prunes_all_but_the_newest_kept_ones(tmp_path, accelerator):
+    model, optimizer, scheduler, sampler = fresh()
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=step), model=model,
+                             optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=2)
+    assert kept(tmp_path) == ["step-2", "step-3"]
+
+    def broken_export(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):   # a failed save removes nothing
+        ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=4), model=model,
+                             optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+                             exporters={"generator": broken_export}, keep=1)
+    assert kept(tmp_path) == ["step-2", "step-3"]
+    ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=4), model=model,
+                         optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=0)
+    assert kept(tmp_path) == ["step-2", "step-3", "step-4"]
+    ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=5), model=model,
+                         optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=1)
+    assert kept(tmp_path) == ["step-5"]
+    assert os.listdir(ckpt.checkpoints_dir(tmp_path)) == ["step-5"]    # nothing half-removed
+    assert ckpt.find_latest(tmp_path) == ckpt.step_dir(tmp_path, 5)
+
+
 def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path, accelerator):
     metrics = MetricsLog(accelerator, tmp_path)
     metrics.reset()

@@ -256,6 +256,15 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resume_continues_exactly(tas
     assert rows(run_dir) == rows(ref_dir)
 
 
+def test_only_the_newest_checkpoints_are_kept_beside_the_final_export(task, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = train(task, run_dir, "train.max_steps=3", "train.save_every=1",
+                    "train.keep_checkpoints=2", "train.eval_every=-1")
+    assert summary["steps"] == 3
+    assert sorted(p.name for p in ckpt.checkpoints_dir(run_dir).iterdir()) == ["step-2", "step-3"]
+    assert (run_dir / "final" / "generator").is_dir() and (run_dir / "final" / "retriever").is_dir()
+
+
 # --------------------------------------------------------------------------- user errors
 
 

@@ -295,7 +295,8 @@ class TrainRecipe:
         self.saved_at = self.state.step
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, model=self.model,
                                     optimizer=self.optimizer, scheduler=self.scheduler,
-                                    sampler=self.sampler, exporters=exporters)
+                                    sampler=self.sampler, exporters=exporters,
+                                    keep=self.cfg.train.keep_checkpoints)
 
     def finish(self) -> dict[str, Any]:
         acc, st = self.accelerator, self.state
