@@ -265,6 +265,44 @@ def test_only_the_newest_checkpoints_are_kept_beside_the_final_export(task, tmp_
     assert (run_dir / "final" / "generator").is_dir() and (run_dir / "final" / "retriever").is_dir()
 
 
+def test_sigterm_exits_143_saying_how_to_resume_and_resume_drops_a_torn_metrics_line(
+        task, tmp_path, caplog):
+    """The command stopped by SIGTERM exits 128 + 15 (so `jmlr train && jmlr evaluate` stops)
+    with one line giving the resume command; that resume goes through a torn last line of
+    metrics.jsonl (as a kill during its write leaves)."""
+    import logging
+
+    run_dir = tmp_path / "run"
+    overrides = loop_overrides(task, run_dir, "train.max_steps=40", "train.eval_every=-1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "jmlr", "train", "-c", str(task.config_path),
+                                *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and '"loss"' in metrics.read_text():
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("jmlr train: ")]
+    assert len(said) == 1 and "stopped by SIGTERM" in said[0], err[-3000:]
+    assert f"jmlr train -c {task.config_path} " in said[0] and said[0].endswith("--resume`")
+    stopped_at = json.loads((run_dir / "train_summary.json").read_text())["steps"]
+    assert ckpt.find_latest(run_dir) == ckpt.step_dir(run_dir, stopped_at)
+    assert not (run_dir / "final").exists()
+
+    with metrics.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 99, "loss": 1')                # a torn last line
+    with caplog.at_level(logging.INFO, logger="jmlr.training.runtime"):
+        summary = train(task, run_dir, f"train.max_steps={stopped_at + 1}",
+                        "train.eval_every=-1", resume=True)
+    assert summary["steps"] == stopped_at + 1 and summary["stopped_by"] is None
+    assert [r["step"] for r in rows(run_dir)] == list(range(1, stopped_at + 2))
+    assert "torn last line" in caplog.text and (run_dir / "final").is_dir()
+
+
 # --------------------------------------------------------------------------- user errors
 
 

@@ -76,6 +76,7 @@ class TrainRecipe:
         self.run_dir = Path(cfg.run.out_dir)
         self.final_dev: dict[str, Any] = {}
         self.last_row: dict[str, Any] = {}
+        self.stopped_by: str | None = None      # the signal that ended training early
 
     # ------------------------------------------------------------------ 1. setup
 
@@ -264,8 +265,12 @@ class TrainRecipe:
                     acc.set_trigger()
                 if acc.check_trigger():              # any rank signalled: all stop together
                     st.interrupted = True
-                    self.save_checkpoint()
-                    log.warning("stopped at step %d; continue with `jmlr train --resume`", st.step)
+                    # the signal's name, from whichever rank received it
+                    self.stopped_by = next(
+                        (name for name in parts.gather([stop.signal_name]) if name), "SIGTERM")
+                    saved = self.save_checkpoint()
+                    log.warning("stopped by %s at step %d; checkpoint %s", self.stopped_by,
+                                st.step, saved)
                     break
                 if cfg.train.save_every > 0 and st.step % cfg.train.save_every == 0 and before_end:
                     self.save_checkpoint()
@@ -317,7 +322,8 @@ class TrainRecipe:
             log.info("rank %d parameter checksums: %s", c["rank"],
                      " ".join(f"{k} {v}" for k, v in c.items() if k != "rank"))
         summary = {
-            "step_kind": self.cfg.train.step, "steps": st.step, "total_steps": self.total_steps, "interrupted": st.interrupted,
+            "step_kind": self.cfg.train.step, "steps": st.step, "total_steps": self.total_steps,
+            "interrupted": st.interrupted, "stopped_by": self.stopped_by,
             "world_size": acc.num_processes, "mixed_precision": str(acc.mixed_precision),
             "train_time_s": round(st.elapsed_s, 3),
             "tokens_seen": st.tokens_seen,
