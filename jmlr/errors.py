@@ -35,6 +35,14 @@ class DataError(UserError):
         super().__init__(f"{where}:{what} {message}")
 
 
+class Busy(UserError):
+    """Another process holds a lock this command needs; ``holder`` says which, in words."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
 class ConfigError(UserError):
     """A bad config file or override, named by its dotted key."""
 

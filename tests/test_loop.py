@@ -358,6 +358,77 @@ def test_a_run_folder_with_checkpoints_needs_resume(task, tmp_path, run_cli):
     assert code == 2 and "--resume" in err
 
 
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def test_a_run_folder_that_another_live_train_holds_is_refused_before_anything_loads(
+        task, tmp_path, run_cli, monkeypatch):
+    from test_locks import hold_in_another_process
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded although the run folder is in use")
+
+    monkeypatch.setattr("jmlr.generation.model.load_generator", never)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    run_dir = tmp_path / "run"
+    holder = hold_in_another_process(run_dir / LOCK_FILE)
+    try:
+        code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(task, run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{run_dir} is in use by another jmlr train (pid {holder.pid} on this host since " in err
+    assert "choose another run.out_dir" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]   # nothing else written
+
+
+def test_a_lock_left_by_a_killed_train_is_taken_over_and_released_at_the_end(task, tmp_path,
+                                                                            caplog):
+    import logging
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                  # its pid names no live process now
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).write_text(json.dumps({
+        "pid": dead.pid, "host": socket.gethostname(), "what": "jmlr train",
+        "since": "2024-01-01 00:00:00"}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="jmlr.io"):
+        summary = train(task, run_dir, "train.max_steps=1", "train.eval_every=-1")
+    assert summary["steps"] == 1 and (run_dir / "final").is_dir()
+    assert f"took over the lock that pid {dead.pid} on this host left" in caplog.text
+    assert (run_dir / LOCK_FILE).read_text() == ""      # released: the next run finds it free
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_a_held_run_folder_stops_every_rank(task, tmp_path):
+    from test_locks import hold_in_another_process
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    run_dir = tmp_path / "run"
+    holder = hold_in_another_process(run_dir / LOCK_FILE, seconds=300)
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+               "--main_process_port", str(free_port()),
+               "-m", "jmlr", "train", "-c", str(task.config_path), *loop_overrides(task, run_dir)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=200, env=env,
+                              cwd=REPO)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    assert f"is in use by another jmlr train (pid {holder.pid} on this host since " in done.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+
+
 # --------------------------------------------------------------------------- re-index, 2 ranks
 
 

@@ -5,11 +5,11 @@ One loop for every kind of training: the *step* (``train.step``, a registered
 it needs and which of them train, and computes each micro-batch; this loop does the rest.
 Read top to bottom, :class:`TrainRecipe` does:
 
-1. ``setup``: the accelerator (created here, never at import), the resolved config saved to
-   ``RUN/config.yaml``, the step's data and models (one
-   :class:`~jmlr.training.steps.base.ModelSet`), explicit optimizer groups for the models
-   that train (checked and printed), the warm-up schedule, ``accelerator.prepare`` and, with
-   ``--resume``, the last checkpoint;
+1. ``setup``: the accelerator (created here, never at import), the run folder's lock (one
+   ``jmlr train`` per folder), the resolved config saved to ``RUN/config.yaml``, the step's
+   data and models (one :class:`~jmlr.training.steps.base.ModelSet`), explicit optimizer
+   groups for the models that train (checked and printed), the warm-up schedule,
+   ``accelerator.prepare`` and, with ``--resume``, the last checkpoint;
 2. ``train``: per optimizer step, ``train.grad_accum`` micro-batches of ``train.batch_size``
    items through the step, clipping (each model on its own), the optimizer and scheduler
    steps; then the step's own after-step work (JMLR: candidate refresh), logging of the
@@ -23,6 +23,7 @@ exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jmlr.config import Config
-from jmlr.errors import ConfigError
+from jmlr.errors import Busy, ConfigError, UserError
 from jmlr.io import building_folder, write_json
 from jmlr.registry import TRAINING_STEPS
 from jmlr.training import checkpoint as ckpt
@@ -50,6 +51,7 @@ from jmlr.training.runtime import (
     batches_per_epoch,
     epoch_batches,
     flat_config,
+    lock_run_folder,
     make_accelerator,
     stop_on_signals,
     total_optimizer_steps,
@@ -77,6 +79,7 @@ class TrainRecipe:
         self.final_dev: dict[str, Any] = {}
         self.last_row: dict[str, Any] = {}
         self.stopped_by: str | None = None      # the signal that ended training early
+        self.lock = contextlib.ExitStack()        # the run folder's lock, once taken
 
     # ------------------------------------------------------------------ 1. setup
 
@@ -86,6 +89,7 @@ class TrainRecipe:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg, self.run_dir)
         self.main = acc.is_main_process
+        self.take_run_folder()
         latest = ckpt.find_latest(self.run_dir)
         if latest is not None and not self.resume:
             raise ConfigError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
@@ -158,6 +162,25 @@ class TrainRecipe:
         acc.init_trackers("jmlr", config=flat_config(cfg))
         for name, model in self.unwrapped_models().items():
             model.train(name in rates)              # frozen models score without dropout
+
+    def take_run_folder(self) -> None:
+        """The run folder's lock (``runtime.lock_run_folder``), before anything in the folder
+        is read or written. The main process alone takes it (the others write nothing
+        there), and every process learns whether it was refused, so that all stop together
+        instead of waiting in a collective for a process that has left."""
+        refusal = None
+        if self.main:
+            try:
+                self.lock.enter_context(lock_run_folder(self.run_dir))
+            except UserError as err:
+                refusal = str(err)
+        refusal = parts.broadcast(refusal)
+        if refusal is not None:
+            raise Busy(refusal)
+
+    def release(self) -> None:
+        """Let go of the run folder (after ``finish``, or after an error)."""
+        self.lock.close()
 
     # ------------------------------------------------------------------ 2. train
 
@@ -363,7 +386,10 @@ def run_train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """``jmlr train``: set up, train, finish; returns the summary written to
     ``RUN/train_summary.json``."""
     recipe = TrainRecipe(cfg, resume)
-    recipe.setup()
-    recipe.train()
-    return recipe.finish()
+    try:
+        recipe.setup()
+        recipe.train()
+        return recipe.finish()
+    finally:
+        recipe.release()
 

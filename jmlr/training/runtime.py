@@ -22,12 +22,13 @@ import torch
 
 from jmlr.config import Config
 from jmlr.device import resolve_device
-from jmlr.errors import ConfigError, DataError
-from jmlr.io import write_jsonl
+from jmlr.errors import Busy, ConfigError, DataError
+from jmlr.io import exclusive, write_jsonl
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "train.lock"            # held by the process that trains into the run folder
 
 
 # --------------------------------------------------------------------------- accelerator
@@ -199,6 +200,23 @@ class MetricsLog:
         scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
         prefix = f"{row['split']}/" if "split" in row else "train/"
         self.accelerator.log({prefix + k: v for k, v in scalars.items()}, step=int(row["step"]))
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+@contextmanager
+def lock_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/train.lock`` while training writes ``run_dir``: a second ``jmlr train`` into
+    the same folder would share its temporary checkpoint folders, rewrite config.yaml and
+    interleave metrics.jsonl. Busy (one line, exit 2) when another live process holds it;
+    a lock that a killed process left is taken over with a log line (``jmlr.io.exclusive``)."""
+    try:
+        with exclusive(run_dir / LOCK_FILE, "jmlr train", wait=False):
+            yield
+    except Busy as err:
+        raise Busy(f"{run_dir} is in use by another jmlr train ({err.holder}): wait for it to "
+                   "end, or choose another run.out_dir", holder=err.holder) from None
 
 
 # --------------------------------------------------------------------------- signals
