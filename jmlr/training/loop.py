@@ -106,7 +106,12 @@ class TrainRecipe:
         set_seed(cfg.run.seed)
 
         self.items = self.step.load_data()
-        models = self.step.build_models()
+        # The main process builds first: a model that must be converted once into the cache
+        # (a GGUF generator, an encoder made a ColBERT checkpoint) is then converted by it,
+        # since transformers writes a model's files on rank 0 alone once a process group is up
+        # (a conversion by another rank would leave a folder without them).
+        with acc.main_process_first():
+            models = self.step.build_models()
         rates = self.step.learning_rates()
         unknown = [name for name in rates if name not in models]
         if unknown or not rates:
