@@ -2,16 +2,18 @@
 
 Every stage that takes a config reads ``-c CONFIG`` plus any number of
 ``section.key=value`` overrides, loaded and checked before the stage imports anything heavy.
-User errors (bad data, bad config) print one line and exit with code 2.
+User errors (bad data, bad config) print one line and exit with code 2; a run that SIGTERM
+or SIGINT stopped after a checkpoint prints how to continue and exits with 128 + the signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from jmlr.errors import UserError
+from jmlr.errors import Stopped, UserError
 from jmlr.registry import STAGES
 from jmlr.stage import resolve
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(code or 0)
     except UserError as err:
         print(f"jmlr {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Stopped as err:
+        if int(os.environ.get("RANK", "0")) == 0:     # one line per launch, not per process
+            print(f"jmlr {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"jmlr {args.command}: interrupted", file=sys.stderr)

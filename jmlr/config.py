@@ -231,6 +231,9 @@ class TrainConfig:
     mixed_precision: str = field(default="auto", metadata=_choices("auto", "no", "bf16", "fp16"))
     log_every: int = 1
     save_every: int = 0                     # 0: only at the end
+    # Step checkpoints kept in RUN/checkpoints (the newest ones; older ones are removed once a
+    # new one is completely written); 0 keeps all. RUN/final is never removed.
+    keep_checkpoints: int = 2
     # Dev retrieval recall before training and every N steps; 0: once, at the end; -1: never.
     eval_every: int = 0
     merge_on_export: bool = False           # also write merged generator weights
@@ -243,6 +246,7 @@ class TrainConfig:
             (self.eval_every >= -1, "train.eval_every must be >= -1 (-1: no dev evaluation)"),
             (self.log_every >= 1, "train.log_every must be >= 1"),
             (self.save_every >= 0, "train.save_every must be >= 0 (0: only at the end)"),
+            (self.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0 (0: keep all)"),
             (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)"),
         ])
 

@@ -35,5 +35,29 @@ class DataError(UserError):
         super().__init__(f"{where}:{what} {message}")
 
 
+class Busy(UserError):
+    """Another process holds a lock this command needs; ``holder`` says which, in words."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
 class ConfigError(UserError):
     """A bad config file or override, named by its dotted key."""
+
+
+class Stopped(Exception):
+    """A command that a signal stopped after it saved what it needs to continue.
+
+    The CLI prints ``str(err)`` (one line: where it stopped, how to continue) and exits with
+    128 + the signal's number, as a shell does for a process the signal killed, so that
+    ``jmlr train && jmlr evaluate`` does not go on.
+    """
+
+    def __init__(self, signal_name: str, message: str) -> None:
+        import signal
+
+        self.signal_name = signal_name
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+        super().__init__(message)

@@ -13,11 +13,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from jmlr.errors import DataError
+from jmlr.errors import Busy, DataError
 from jmlr.textfile import check_file, json_field, too_deep, utf8_error
 
 
@@ -99,32 +100,121 @@ def remove_stale_builds(target: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: str | Path, what: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if needed) across processes, so that
-    only one process builds a shared cache entry while the others wait and then reuse it.
-    The lock dies with its holder (an flock), so a killed builder never blocks the next."""
+def exclusive(lock_path: str | Path, what: str = "", wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if needed) across processes.
+
+    ``wait=True``: another holder is waited for (a shared cache entry: one process builds it,
+    the others then reuse it). ``wait=False``: :class:`~jmlr.errors.Busy` naming the holder
+    instead (a run folder, which two writers must never share).
+
+    The lock is an flock, which dies with its holder, so a killed process never blocks the
+    next. While held, the file records the holder (pid, host, start, ``what``) for the
+    messages, and it is emptied on release, so a record found on taking the lock was left by
+    a process that ended without releasing it: a log line says so (and, for a record from
+    another host, that its process cannot be checked from here). Where the file system has
+    no file locks, the record alone decides: a live local pid holds the lock, a dead one
+    does not, and one from another host holds it until its file is deleted.
+    """
     import fcntl
     import logging
-    import time
 
+    log = logging.getLogger(__name__)
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        waited = 0.0
+    with open(lock_path, "a+", encoding="utf-8") as handle:
+        announced = False
         while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            state = _flock(handle)
+            holder = read_lock_holder(lock_path)
+            if state == "held" or (state == "no-locks" and not _holds(holder)):
                 break
-            except BlockingIOError:
-                if waited == 0.0:
-                    logging.getLogger(__name__).info(
-                        "waiting for another process to finish %s", what or lock_path)
-                time.sleep(0.2)
-                waited += 0.2
+            who = describe_holder(holder, lock_path, state)
+            if not wait:
+                raise Busy(f"{lock_path} is held by {who}", holder=who)
+            if not announced:
+                log.info("waiting for %s to finish %s", who, what or lock_path)
+                announced = True
+            time.sleep(0.2)
+        if holder and (holder.get("pid"), holder.get("host")) != (os.getpid(), _host()):
+            elsewhere = holder.get("host") != _host()
+            log.warning("%s: took over the lock that pid %s on %s left when it ended without "
+                        "releasing it%s", lock_path, holder.get("pid"),
+                        f"host {holder.get('host')}" if elsewhere else "this host",
+                        " (another host: that process cannot be checked from here; the file "
+                        "lock was free)" if elsewhere and state == "held" else "")
+        _write_holder(handle, what)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.truncate(0)              # an empty record: released, not left by a kill
+            handle.flush()
+            if state == "held":
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _flock(handle: TextIO) -> str:
+    """Try to take an flock on ``handle``: "held", "busy", or "no-locks" where the file
+    system refuses file locks (some network file systems)."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "held"
+    except BlockingIOError:
+        return "busy"
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return "no-locks"
+        raise
+
+
+def _write_holder(handle: TextIO, what: str) -> None:
+    record = {"pid": os.getpid(), "host": _host(), "what": what,
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    handle.truncate(0)                      # "a+" appends: the record starts the empty file
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
+
+
+def read_lock_holder(lock_path: str | Path) -> dict[str, Any] | None:
+    """The holder a lock file records (see :func:`exclusive`), or None when it records none."""
+    try:
+        record = json.loads(Path(lock_path).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+def _holds(holder: dict[str, Any] | None) -> bool:
+    """Whether a recorded holder may still hold its lock: a live pid on this host, or any pid
+    on another host (which cannot be checked from here)."""
+    if holder is None:
+        return False
+    return holder.get("host") != _host() or _alive(int(holder["pid"]))
+
+
+def describe_holder(holder: dict[str, Any] | None, lock_path: str | Path, state: str) -> str:
+    """Who holds a lock, for one line of a message."""
+    if holder is None:
+        return "another process"
+    pid, host, since = holder.get("pid"), holder.get("host"), holder.get("since", "?")
+    if host != _host():
+        where = f"pid {pid} on host {host} since {since}"
+        if state == "no-locks":
+            where += (f"; this file system has no file locks and that host cannot be checked "
+                      f"from here: if that process has ended, delete {lock_path}")
+        return where
+    if state == "busy" and not _alive(int(pid)):
+        return (f"a process started by pid {pid}, which has ended but left it holding "
+                f"{lock_path}; `fuser -v {lock_path}` names it")
+    return f"pid {pid} on this host since {since}"
 
 
 def publish_folder(tmp: Path, target: Path, keep: Callable[[Path], bool] | None = None) -> None:

@@ -142,16 +142,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
 
+def _stopped(summary: dict[str, Any], cfg: Config, how_to_continue: str) -> None:
+    """Stopped (the CLI's exit 128 + signal) when a signal ended training early."""
+    from jmlr.errors import Stopped
+
+    if summary.get("stopped_by"):
+        raise Stopped(summary["stopped_by"], f"stopped by {summary['stopped_by']} at step "
+                      f"{summary['steps']} of {summary['total_steps']} (checkpoint saved in "
+                      f"{Path(cfg.run.out_dir) / 'checkpoints'}); {how_to_continue}")
+
+
 def _train(cfg: Config, args: argparse.Namespace) -> None:
+    import os
+    import shlex
+
     from jmlr.training.loop import run_train
 
-    run_train(cfg, resume=args.resume)
+    summary = run_train(cfg, resume=args.resume)
+    command = shlex.join(["jmlr", "train", *(["-c", args.config] if args.config else []),
+                          *args.overrides, "--resume"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        command = f"accelerate launch [the same launch options] -m {command}"
+    _stopped(summary, cfg, f"continue with `{command}`")
 
 
 def _train_in_demo(cfg: Config, quick: bool) -> Any:
     from jmlr.training.loop import run_train
 
-    return run_train(cfg, resume=(Path(cfg.run.out_dir) / "checkpoints").exists())
+    summary = run_train(cfg, resume=(Path(cfg.run.out_dir) / "checkpoints").exists())
+    _stopped(summary, cfg, "run the same `jmlr demo` again to continue (it resumes training)")
+    return summary
 
 
 STAGES.register("train", Stage(

@@ -124,6 +124,19 @@ def test_mining_needs_a_question_file_and_an_index(task, cfg, tmp_path):
         cd.load_candidates(cfg, "dev")
 
 
+def test_mine_checks_every_question_file_before_it_opens_the_index(task, cfg, tmp_path,
+                                                                   monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the index was opened before the question files were read")
+
+    (tmp_path / "dev.jsonl").write_text('{"id": "d1", "question": ', encoding="utf-8")
+    cfg.data = type(cfg.data)(**{**vars(cfg.data), "dev": str(tmp_path / "dev.jsonl")})
+    monkeypatch.setattr(cb.ColbertBackend, "open_index", never)
+    with pytest.raises(DataError, match=r"dev\.jsonl:1: malformed JSON"):
+        cd.run_mine(cfg, ["train", "dev"])
+    assert not cfg.candidates_dir.exists()
+
+
 # --- refresh and re-index -------------------------------------------------------------------
 
 

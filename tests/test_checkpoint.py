@@ -3,6 +3,8 @@ of optimizer + scheduler + RNG on a small real model, metrics truncation, signal
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import signal
@@ -12,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from jmlr.errors import ConfigError
+from jmlr.errors import ConfigError, DataError
 from jmlr.training import checkpoint as ckpt
 from jmlr.training.optim import build_optimizer, build_scheduler, check_groups, model_groups
 from jmlr.training.runtime import MetricsLog, epoch_batches, stop_on_signals
@@ -150,6 +152,35 @@ def test_a_failed_save_leaves_no_checkpoint_that_looks_complete(tmp_path, accele
     assert ckpt.find_latest(tmp_path) is None
 
 
+def kept(run_dir) -> list[str]:
+    return [path.name for path in ckpt.complete_checkpoints(run_dir)]
+
+
+def test_a_new_checkpoint_prunes_all_but_the_newest_kept_ones(tmp_path, accelerator):
+    model, optimizer, scheduler, sampler = fresh()
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=step), model=model,
+                             optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=2)
+    assert kept(tmp_path) == ["step-2", "step-3"]
+
+    def broken_export(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):   # a failed save removes nothing
+        ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=4), model=model,
+                             optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+                             exporters={"generator": broken_export}, keep=1)
+    assert kept(tmp_path) == ["step-2", "step-3"]
+    ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=4), model=model,
+                         optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=0)
+    assert kept(tmp_path) == ["step-2", "step-3", "step-4"]
+    ckpt.save_checkpoint(accelerator, tmp_path, ckpt.TrainState(step=5), model=model,
+                         optimizer=optimizer, scheduler=scheduler, sampler=sampler, keep=1)
+    assert kept(tmp_path) == ["step-5"]
+    assert os.listdir(ckpt.checkpoints_dir(tmp_path)) == ["step-5"]    # nothing half-removed
+    assert ckpt.find_latest(tmp_path) == ckpt.step_dir(tmp_path, 5)
+
+
 def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path, accelerator):
     metrics = MetricsLog(accelerator, tmp_path)
     metrics.reset()
@@ -159,6 +190,26 @@ def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path, accel
     metrics.truncate_after(2)
     rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if line]
     assert len(rows) == 3 and '"step": 3' not in "".join(rows)
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume_and_said(tmp_path, accelerator, caplog):
+    metrics = MetricsLog(accelerator, tmp_path)
+    metrics.reset()
+    for step in (1, 2, 3):
+        metrics.write({"step": step, "loss": 1.0 / step})
+    with (tmp_path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 4, "loss": 0.2')           # killed in the middle of a write
+    with caplog.at_level(logging.INFO, logger="jmlr.training.runtime"):
+        metrics.truncate_after(2)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    said = [r.getMessage() for r in caplog.records if "metrics.jsonl" in r.getMessage()]
+    assert len(said) == 1 and "1 row(s) after step 2" in said[0] and "torn last line" in said[0]
+
+    # A malformed line before the last is not a torn write: it stays a located error.
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 2}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: malformed JSON"):
+        metrics.truncate_after(2)
 
 
 def test_sigterm_sets_the_stop_request_and_handlers_are_restored():

@@ -49,6 +49,7 @@ def test_overrides_are_typed(tmp_path):
     ("data.format_options.medmcqa.one_based=maybe", "'data.format_options.medmcqa.one_based': expected true or false"),
     ("retriever.backend=faiss", "is not a known retriever backend (known: colbert"),
     ("train.log_every=0", "train.log_every must be >= 1"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints must be >= 0"),
     ("factuality.max_entities_per_mention=0", "factuality.max_entities_per_mention must be >= 1"),
     ("jmlr.train_retriever=maybe", "expected true or false"),
     ("jmlr.k_sample=1", "k_sample must be at least 2"),

@@ -256,6 +256,53 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resume_continues_exactly(tas
     assert rows(run_dir) == rows(ref_dir)
 
 
+def test_only_the_newest_checkpoints_are_kept_beside_the_final_export(task, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = train(task, run_dir, "train.max_steps=3", "train.save_every=1",
+                    "train.keep_checkpoints=2", "train.eval_every=-1")
+    assert summary["steps"] == 3
+    assert sorted(p.name for p in ckpt.checkpoints_dir(run_dir).iterdir()) == ["step-2", "step-3"]
+    assert (run_dir / "final" / "generator").is_dir() and (run_dir / "final" / "retriever").is_dir()
+
+
+def test_sigterm_exits_143_saying_how_to_resume_and_resume_drops_a_torn_metrics_line(
+        task, tmp_path, caplog):
+    """The command stopped by SIGTERM exits 128 + 15 (so `jmlr train && jmlr evaluate` stops)
+    with one line giving the resume command; that resume goes through a torn last line of
+    metrics.jsonl (as a kill during its write leaves)."""
+    import logging
+
+    run_dir = tmp_path / "run"
+    overrides = loop_overrides(task, run_dir, "train.max_steps=40", "train.eval_every=-1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "jmlr", "train", "-c", str(task.config_path),
+                                *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.is_file() and '"loss"' in metrics.read_text():
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("jmlr train: ")]
+    assert len(said) == 1 and "stopped by SIGTERM" in said[0], err[-3000:]
+    assert f"jmlr train -c {task.config_path} " in said[0] and said[0].endswith("--resume`")
+    stopped_at = json.loads((run_dir / "train_summary.json").read_text())["steps"]
+    assert ckpt.find_latest(run_dir) == ckpt.step_dir(run_dir, stopped_at)
+    assert not (run_dir / "final").exists()
+
+    with metrics.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 99, "loss": 1')                # a torn last line
+    with caplog.at_level(logging.INFO, logger="jmlr.training.runtime"):
+        summary = train(task, run_dir, f"train.max_steps={stopped_at + 1}",
+                        "train.eval_every=-1", resume=True)
+    assert summary["steps"] == stopped_at + 1 and summary["stopped_by"] is None
+    assert [r["step"] for r in rows(run_dir)] == list(range(1, stopped_at + 2))
+    assert "torn last line" in caplog.text and (run_dir / "final").is_dir()
+
+
 # --------------------------------------------------------------------------- user errors
 
 
@@ -265,11 +312,121 @@ def test_missing_candidates_say_to_run_jmlr_mine(task, tmp_path, run_cli):
     assert code == 2 and "jmlr mine" in err
 
 
+@pytest.mark.parametrize("key, fragment", [
+    ("retriever.checkpoint", "retriever.checkpoint: {missing} does not exist"),
+    ("generator.model", "generator.model: {missing} does not exist"),
+    ("data.train", "data.train: {missing} does not exist"),
+    ("data.dev", "data.dev: {missing} does not exist"),
+    ("data.corpus", "data.corpus: {missing} does not exist"),
+])
+def test_a_missing_input_is_reported_before_the_corpus_or_any_model_loads(
+        task, tmp_path, run_cli, monkeypatch, key, fragment):
+    from jmlr.retrieval.colbert_backend import ColbertBackend
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before every input was checked")
+
+    monkeypatch.setattr("jmlr.generation.model.load_generator", never)
+    monkeypatch.setattr("jmlr.retrieval.colbert.prepare_checkpoint", never)
+    monkeypatch.setattr(ColbertBackend, "load_scorer", never)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    missing = tmp_path / "missing"
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", f"{key}={missing}"))
+    assert code == 2 and fragment.format(missing=missing) in err
+    assert not (tmp_path / "run").exists()        # nothing written before the checks
+
+
+def test_missing_dev_candidates_are_reported_before_the_corpus_loads(task, tmp_path, run_cli,
+                                                                   monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the corpus was read before the candidates were located")
+
+    candidates = tmp_path / "candidates"
+    candidates.mkdir()
+    shutil.copy(task.root / "loop_candidates" / "train.jsonl", candidates)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", f"candidates.path={candidates}"))
+    assert code == 2 and "dev" in err and "jmlr mine" in err
+
+
 def test_a_run_folder_with_checkpoints_needs_resume(task, tmp_path, run_cli):
     (ckpt.step_dir(tmp_path / "run", 1)).mkdir(parents=True)
     (ckpt.step_dir(tmp_path / "run", 1) / ckpt.STATE_FILE).write_text("{}")
     code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(task, tmp_path / "run"))
     assert code == 2 and "--resume" in err
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def test_a_run_folder_that_another_live_train_holds_is_refused_before_anything_loads(
+        task, tmp_path, run_cli, monkeypatch):
+    from test_locks import hold_in_another_process
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded although the run folder is in use")
+
+    monkeypatch.setattr("jmlr.generation.model.load_generator", never)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    run_dir = tmp_path / "run"
+    holder = hold_in_another_process(run_dir / LOCK_FILE)
+    try:
+        code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(task, run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{run_dir} is in use by another jmlr train (pid {holder.pid} on this host since " in err
+    assert "choose another run.out_dir" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]   # nothing else written
+
+
+def test_a_lock_left_by_a_killed_train_is_taken_over_and_released_at_the_end(task, tmp_path,
+                                                                            caplog):
+    import logging
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                  # its pid names no live process now
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).write_text(json.dumps({
+        "pid": dead.pid, "host": socket.gethostname(), "what": "jmlr train",
+        "since": "2024-01-01 00:00:00"}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="jmlr.io"):
+        summary = train(task, run_dir, "train.max_steps=1", "train.eval_every=-1")
+    assert summary["steps"] == 1 and (run_dir / "final").is_dir()
+    assert f"took over the lock that pid {dead.pid} on this host left" in caplog.text
+    assert (run_dir / LOCK_FILE).read_text() == ""      # released: the next run finds it free
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_a_held_run_folder_stops_every_rank(task, tmp_path):
+    from test_locks import hold_in_another_process
+
+    from jmlr.training.runtime import LOCK_FILE
+
+    run_dir = tmp_path / "run"
+    holder = hold_in_another_process(run_dir / LOCK_FILE, seconds=300)
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+               "--main_process_port", str(free_port()),
+               "-m", "jmlr", "train", "-c", str(task.config_path), *loop_overrides(task, run_dir)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=200, env=env,
+                              cwd=REPO)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    assert f"is in use by another jmlr train (pid {holder.pid} on this host since " in done.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
 
 
 # --------------------------------------------------------------------------- re-index, 2 ranks

@@ -6,6 +6,7 @@ jsonl), ``corpus`` reads passage corpora; this module reads them as a config nam
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jmlr.errors import ConfigError
@@ -33,13 +34,21 @@ def read_questions(location: str, key: str, data_cfg: DataConfig, split: str | N
     folder, a folder of data files, a hub id: ``hf_source.py``); ``key`` names the config key
     in errors, ``split`` is the split a ``datasets`` source gives when it names none."""
     from jmlr.data.formats import load_questions
+
+    where = locate_questions(location, key)
+    return load_questions(where, fmt=data_cfg.format, format_options=data_cfg.format_options,
+                          split=split)
+
+
+def locate_questions(location: str, key: str) -> str | Path:
+    """Where questions are read from: a ``datasets`` source as given, or the path of a file
+    (``pkg:`` resolved). ConfigError when ``key`` is unset or names nothing; nothing is read,
+    so a command can check all its inputs before it loads anything heavy."""
     from jmlr.data.hf_source import dataset_source
 
     if not location:
         raise ConfigError(f"{key} is not set")
-    where = location if dataset_source(location) else resolve_location(location, key)
-    return load_questions(where, fmt=data_cfg.format, format_options=data_cfg.format_options,
-                          split=split)
+    return location if dataset_source(location) else resolve_location(location, key)
 
 
 def load_corpus_from_config(data_cfg: DataConfig) -> list[Passage]:

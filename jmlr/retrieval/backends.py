@@ -4,6 +4,7 @@ Training, mining and evaluation obtain the retriever through :func:`backend_for`
 (``retriever.backend`` in the config), never by building a model class themselves. A
 backend provides:
 
+- ``check_checkpoint(cfg)``: ``retriever.checkpoint`` checked from its files, before any load;
 - ``load_scorer(cfg, checkpoint)``: a ``torch.nn.Module`` whose ``score(queries[B],
   docs[B][N]) → [B, N]`` carries gradient, with ``save(path)`` writing a checkpoint that
   ``load_scorer`` reads back (the initial checkpoint when ``checkpoint`` is None);
@@ -32,6 +33,13 @@ if TYPE_CHECKING:
 
 class RetrieverBackend:
     """The interface (see the module docstring); subclasses register an instance."""
+
+    def check_checkpoint(self, cfg: Config) -> None:
+        """ConfigError unless ``retriever.checkpoint`` names something to load, checked from
+        files alone (no model is built): commands call it before they load anything heavy."""
+        from jmlr.resources import resolve_location
+
+        resolve_location(cfg.retriever.checkpoint, "retriever.checkpoint")
 
     def initial_checkpoint(self, cfg: Config) -> Path:
         raise NotImplementedError

@@ -200,13 +200,15 @@ def run_mine(cfg: Config, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
     from jmlr.retrieval.backends import backend_for
     from jmlr.training.distributed import ProcessRanks
 
+    # Every question file is read (and checked) before the index opens, which takes
+    # minutes on a large corpus: a bad file fails at once.
+    questions = {split: load_split(cfg.data, split) for split in wanted}
     ranks = ProcessRanks(cfg.run.device)
     index = backend_for(cfg).open_index(cfg)
     results = []
     for split in wanted:
-        questions = load_split(cfg.data, split)
         exclude_self = split == "train" and cfg.data.filter_self_matches
-        results.append(_mine_split(cfg, index, split, questions, exclude_self, ranks))
+        results.append(_mine_split(cfg, index, split, questions[split], exclude_self, ranks))
     if ranks.rank == 0:
         _print_summary(index.manifest, results)
     return {"index": index.manifest, "splits": {r["split"]: r for r in results}}

@@ -38,7 +38,7 @@ from jmlr.errors import ConfigError
 from jmlr.io import building_folder, exclusive
 from jmlr.resources import resolve_location
 from jmlr.retrieval import extensions
-from jmlr.retrieval.folders import folder_sha256
+from jmlr.retrieval.folders import check_model_files, folder_sha256
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,6 @@ else:
 CHECKPOINT_MARKER = "artifact.metadata"   # what makes a folder a colbert-ai checkpoint
 SOURCE_RECORD = "jmlr_source.json"         # how a converted checkpoint was made
 PROJECTION_SEED = 0                         # the new projection is the same on every machine
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,26 +194,7 @@ def check_model_folder(path: Path, what: str) -> dict[str, Any]:
     when a folder fails to load, and loads configs with remote code allowed, so every way
     it could fail is caught here first with a ConfigError naming ``what``.
     """
-    if not path.is_dir():
-        hint = " (.dnn checkpoints are not supported)" if path.suffix == ".dnn" else ""
-        raise ConfigError(f"{what}: {path} is not a folder (expected a ColBERT checkpoint or "
-                          f"a Hugging Face encoder folder){hint}")
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: {path} has no config.json (not a model folder)") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{what}: {config_file} is not readable JSON ({err})") from None
-    if not isinstance(config, dict) or not config.get("model_type"):
-        raise ConfigError(f"{what}: {config_file} names no model_type")
-    if config.get("auto_map"):
-        raise ConfigError(f"{what}: {path} needs custom model code (auto_map), "
-                          "which is never executed")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ConfigError(f"{what}: {path} has no weights ({' / '.join(WEIGHT_FILES)})")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ConfigError(f"{what}: {path} has no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+    config = check_model_files(path, what)
     try:
         with quiet_colbert():
             _hf_colbert.class_factory(str(path))

@@ -220,6 +220,13 @@ def reindex(cfg: Config, scorer: TrainableScorer) -> dict[str, Any]:
 class ColbertBackend(RetrieverBackend):
     """ColBERT late interaction, PLAID indexes (colbert-ai)."""
 
+    def check_checkpoint(self, cfg: Config) -> None:
+        from jmlr.resources import resolve_location
+        from jmlr.retrieval.folders import check_model_files
+
+        path = resolve_location(cfg.retriever.checkpoint, "retriever.checkpoint")
+        check_model_files(path.resolve(), "retriever.checkpoint")
+
     def initial_checkpoint(self, cfg: Config) -> Path:
         from jmlr.retrieval.colbert import prepare_checkpoint
 

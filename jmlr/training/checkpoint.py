@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -79,26 +80,47 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
     return checkpoints_dir(run_dir) / f"step-{step}"
 
 
-def find_latest(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``RUN/checkpoints``, or None.
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints under ``RUN/checkpoints``, oldest step first.
 
-    Temporary and incomplete folders (no ``state.json``) are ignored.
+    Temporary and incomplete folders (no ``state.json``) are left out.
     """
-    best: tuple[int, Path] | None = None
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
-        return None
+        return []
+    found = []
     for child in folder.iterdir():
         match = _STEP_DIR.match(child.name)
         if match and (child / STATE_FILE).is_file():
-            step = int(match.group(1))
-            if best is None or step > best[0]:
-                best = (step, child)
-    return best[1] if best else None
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``RUN/checkpoints``, or None."""
+    complete = complete_checkpoints(run_dir)
+    return complete[-1] if complete else None
+
+
+def prune(run_dir: str | Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest complete checkpoints (``keep`` 0: none removed);
+    returns the removed folders. Called only once a new checkpoint is in place, so the run
+    always keeps a resumable one. Each is first renamed to a temporary ``.step-N.old-*``
+    name, so a removal cut short never leaves a folder that looks complete
+    (:func:`remove_partial` clears it on the next start)."""
+    if keep <= 0:
+        return []
+    removed = []
+    for path in complete_checkpoints(run_dir)[:-keep]:
+        doomed = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def remove_partial(run_dir: str | Path) -> None:
-    """Delete temporary folders that an interrupted save left behind."""
+    """Delete temporary folders that an interrupted save or removal left behind."""
     folder = checkpoints_dir(run_dir)
     if folder.is_dir():
         for child in folder.glob(".step-*"):
@@ -208,11 +230,13 @@ def _optimizer_is_sharded(accelerator: Any) -> bool:
 
 def save_checkpoint(accelerator: Any, run_dir: Path, state: TrainState, *, model: nn.Module,
                     optimizer: Any, scheduler: Any, sampler: torch.Generator | None,
-                    exporters: dict[str, Callable[[Path], None]] | None = None) -> Path:
+                    exporters: dict[str, Callable[[Path], None]] | None = None,
+                    keep: int = 0) -> Path:
     """Write ``RUN/checkpoints/step-<state.step>`` atomically; every rank must call this.
 
     ``model`` is the prepared joint model. ``exporters`` (name → function writing into a
-    folder) run on the main process only, each into its own sub-folder.
+    folder) run on the main process only, each into its own sub-folder. Once the new
+    checkpoint is in place, all but the ``keep`` newest are removed (0: none).
     """
     final = step_dir(run_dir, state.step)
     tmp = final.parent / f".step-{state.step}.tmp"
@@ -238,6 +262,10 @@ def save_checkpoint(accelerator: Any, run_dir: Path, state: TrainState, *, model
             export(tmp / name)
         write_json(tmp / STATE_FILE, dataclasses.asdict(state))
         publish_folder(tmp, final)
+        removed = prune(run_dir, keep)
+        if removed:
+            log.info("removed %s (train.keep_checkpoints=%d)",
+                     ", ".join(p.name for p in removed), keep)
     accelerator.wait_for_everyone()
     return final
 

@@ -86,6 +86,37 @@ def check_candidates(candidates: dict[str, Candidates], questions: list[MCQ],
                           f"(e.g. {unknown[:3]}): the corpus changed since `jmlr mine`; mine again")
 
 
+def check_inputs(cfg: Config) -> None:
+    """Every input training names, located before anything is read or loaded (the corpus
+    can take minutes, a generator seconds to hours): the question files, the corpus and
+    the train candidates (``candidates.source=mined``), the retriever checkpoint (checked
+    from its files) and the generator. ConfigError naming the first missing one. The dev
+    candidates are needed only when dev questions name gold passages, so
+    :func:`load_training_data` locates them once it has read those (still before the corpus)."""
+    from jmlr.data import locate_questions
+    from jmlr.generation.sources import resolve_source
+    from jmlr.resources import resolve_location
+    from jmlr.retrieval.backends import backend_for
+
+    locate_questions(cfg.data.train, "data.train")
+    if cfg.data.dev:
+        locate_questions(cfg.data.dev, "data.dev")
+    if cfg.candidates.source == "mined":
+        resolve_location(cfg.data.corpus, "data.corpus")
+        mined_file(cfg, "train")
+    backend_for(cfg).check_checkpoint(cfg)
+    resolve_source(cfg.generator.model)
+
+
+def mined_file(cfg: Config, split: str) -> Path:
+    """The mined candidates file of ``split``; ConfigError saying to mine when it is absent."""
+    path = cfg.candidates_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"no mined candidates for the {split} split at {path}: run "
+                          "`jmlr mine` with this config before `jmlr train`")
+    return path
+
+
 def _mined(cfg: Config, split: str, corpus_fingerprint: str) -> dict[str, Candidates]:
     from jmlr.retrieval.candidates import load_candidates
 
@@ -144,19 +175,23 @@ def load_training_data(cfg: Config) -> TrainingData:
     train = load_split(cfg.data, "train")
     if cfg.candidates.source == "question_docs":
         return _training_data_from_docs(cfg, train)
+    # The questions and the candidate files first: they are small, the corpus may not be.
+    dev: list[MCQ] = []
+    if cfg.data.dev:
+        dev = [q for q in load_split(cfg.data, "dev") if q.gold_passage_ids]
+        if dev:
+            mined_file(cfg, "dev")
+        else:
+            log.info("dev questions name no gold passages: no dev retrieval metrics")
     corpus = load_corpus_from_config(cfg.data)
     fingerprint = corpus_fingerprint(corpus)   # the candidates must be mined over this corpus
     passages = {p.id: p for p in corpus}
     data = TrainingData(train=train, passages=passages,
-                        train_candidates=_mined(cfg, "train", fingerprint))
+                        train_candidates=_mined(cfg, "train", fingerprint), dev=dev)
     check_candidates(data.train_candidates, train, passages, "train")
-    if cfg.data.dev:
-        data.dev = [q for q in load_split(cfg.data, "dev") if q.gold_passage_ids]
-        if data.dev:
-            data.dev_candidates = _mined(cfg, "dev", fingerprint)
-            check_candidates(data.dev_candidates, data.dev, passages, "dev")
-        else:
-            log.info("dev questions name no gold passages: no dev retrieval metrics")
+    if dev:
+        data.dev_candidates = _mined(cfg, "dev", fingerprint)
+        check_candidates(data.dev_candidates, dev, passages, "dev")
     return data
 
 

@@ -5,11 +5,11 @@ One loop for every kind of training: the *step* (``train.step``, a registered
 it needs and which of them train, and computes each micro-batch; this loop does the rest.
 Read top to bottom, :class:`TrainRecipe` does:
 
-1. ``setup``: the accelerator (created here, never at import), the resolved config saved to
-   ``RUN/config.yaml``, the step's data and models (one
-   :class:`~jmlr.training.steps.base.ModelSet`), explicit optimizer groups for the models
-   that train (checked and printed), the warm-up schedule, ``accelerator.prepare`` and, with
-   ``--resume``, the last checkpoint;
+1. ``setup``: the accelerator (created here, never at import), the run folder's lock (one
+   ``jmlr train`` per folder), the resolved config saved to ``RUN/config.yaml``, the step's
+   data and models (one :class:`~jmlr.training.steps.base.ModelSet`), explicit optimizer
+   groups for the models that train (checked and printed), the warm-up schedule,
+   ``accelerator.prepare`` and, with ``--resume``, the last checkpoint;
 2. ``train``: per optimizer step, ``train.grad_accum`` micro-batches of ``train.batch_size``
    items through the step, clipping (each model on its own), the optimizer and scheduler
    steps; then the step's own after-step work (JMLR: candidate refresh), logging of the
@@ -23,6 +23,7 @@ exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -33,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jmlr.config import Config
-from jmlr.errors import ConfigError
+from jmlr.errors import Busy, ConfigError, UserError
 from jmlr.io import building_folder, write_json
 from jmlr.registry import TRAINING_STEPS
 from jmlr.training import checkpoint as ckpt
@@ -50,6 +51,7 @@ from jmlr.training.runtime import (
     batches_per_epoch,
     epoch_batches,
     flat_config,
+    lock_run_folder,
     make_accelerator,
     stop_on_signals,
     total_optimizer_steps,
@@ -76,6 +78,8 @@ class TrainRecipe:
         self.run_dir = Path(cfg.run.out_dir)
         self.final_dev: dict[str, Any] = {}
         self.last_row: dict[str, Any] = {}
+        self.stopped_by: str | None = None      # the signal that ended training early
+        self.lock = contextlib.ExitStack()        # the run folder's lock, once taken
 
     # ------------------------------------------------------------------ 1. setup
 
@@ -85,6 +89,7 @@ class TrainRecipe:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg, self.run_dir)
         self.main = acc.is_main_process
+        self.take_run_folder()
         latest = ckpt.find_latest(self.run_dir)
         if latest is not None and not self.resume:
             raise ConfigError(f"{self.run_dir} already holds checkpoints: pass --resume to continue "
@@ -101,7 +106,12 @@ class TrainRecipe:
         set_seed(cfg.run.seed)
 
         self.items = self.step.load_data()
-        models = self.step.build_models()
+        # The main process builds first: a model that must be converted once into the cache
+        # (a GGUF generator, an encoder made a ColBERT checkpoint) is then converted by it,
+        # since transformers writes a model's files on rank 0 alone once a process group is up
+        # (a conversion by another rank would leave a folder without them).
+        with acc.main_process_first():
+            models = self.step.build_models()
         rates = self.step.learning_rates()
         unknown = [name for name in rates if name not in models]
         if unknown or not rates:
@@ -157,6 +167,25 @@ class TrainRecipe:
         acc.init_trackers("jmlr", config=flat_config(cfg))
         for name, model in self.unwrapped_models().items():
             model.train(name in rates)              # frozen models score without dropout
+
+    def take_run_folder(self) -> None:
+        """The run folder's lock (``runtime.lock_run_folder``), before anything in the folder
+        is read or written. The main process alone takes it (the others write nothing
+        there), and every process learns whether it was refused, so that all stop together
+        instead of waiting in a collective for a process that has left."""
+        refusal = None
+        if self.main:
+            try:
+                self.lock.enter_context(lock_run_folder(self.run_dir))
+            except UserError as err:
+                refusal = str(err)
+        refusal = parts.broadcast(refusal)
+        if refusal is not None:
+            raise Busy(refusal)
+
+    def release(self) -> None:
+        """Let go of the run folder (after ``finish``, or after an error)."""
+        self.lock.close()
 
     # ------------------------------------------------------------------ 2. train
 
@@ -264,8 +293,12 @@ class TrainRecipe:
                     acc.set_trigger()
                 if acc.check_trigger():              # any rank signalled: all stop together
                     st.interrupted = True
-                    self.save_checkpoint()
-                    log.warning("stopped at step %d; continue with `jmlr train --resume`", st.step)
+                    # the signal's name, from whichever rank received it
+                    self.stopped_by = next(
+                        (name for name in parts.gather([stop.signal_name]) if name), "SIGTERM")
+                    saved = self.save_checkpoint()
+                    log.warning("stopped by %s at step %d; checkpoint %s", self.stopped_by,
+                                st.step, saved)
                     break
                 if cfg.train.save_every > 0 and st.step % cfg.train.save_every == 0 and before_end:
                     self.save_checkpoint()
@@ -295,7 +328,8 @@ class TrainRecipe:
         self.saved_at = self.state.step
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, model=self.model,
                                     optimizer=self.optimizer, scheduler=self.scheduler,
-                                    sampler=self.sampler, exporters=exporters)
+                                    sampler=self.sampler, exporters=exporters,
+                                    keep=self.cfg.train.keep_checkpoints)
 
     def finish(self) -> dict[str, Any]:
         acc, st = self.accelerator, self.state
@@ -316,7 +350,8 @@ class TrainRecipe:
             log.info("rank %d parameter checksums: %s", c["rank"],
                      " ".join(f"{k} {v}" for k, v in c.items() if k != "rank"))
         summary = {
-            "step_kind": self.cfg.train.step, "steps": st.step, "total_steps": self.total_steps, "interrupted": st.interrupted,
+            "step_kind": self.cfg.train.step, "steps": st.step, "total_steps": self.total_steps,
+            "interrupted": st.interrupted, "stopped_by": self.stopped_by,
             "world_size": acc.num_processes, "mixed_precision": str(acc.mixed_precision),
             "train_time_s": round(st.elapsed_s, 3),
             "tokens_seen": st.tokens_seen,
@@ -356,7 +391,10 @@ def run_train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """``jmlr train``: set up, train, finish; returns the summary written to
     ``RUN/train_summary.json``."""
     recipe = TrainRecipe(cfg, resume)
-    recipe.setup()
-    recipe.train()
-    return recipe.finish()
+    try:
+        recipe.setup()
+        recipe.train()
+        return recipe.finish()
+    finally:
+        recipe.release()
 

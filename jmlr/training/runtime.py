@@ -22,12 +22,13 @@ import torch
 
 from jmlr.config import Config
 from jmlr.device import resolve_device
-from jmlr.errors import ConfigError
-from jmlr.io import read_jsonl, write_jsonl
+from jmlr.errors import Busy, ConfigError, DataError
+from jmlr.io import exclusive, write_jsonl
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "train.lock"            # held by the process that trains into the run folder
 
 
 # --------------------------------------------------------------------------- accelerator
@@ -141,8 +142,9 @@ def total_optimizer_steps(max_steps: int, epochs: float, per_epoch: int, grad_ac
 class MetricsLog:
     """``RUN/metrics.jsonl`` (one JSON object per logged step) plus accelerate's trackers.
 
-    Only the main process writes. Each row is appended with one write and flushed, so a
-    killed run leaves whole lines; on resume, rows past the checkpoint are dropped.
+    Only the main process writes. Each row is appended with one write and flushed; a run
+    killed during that write leaves a torn last line. On resume, rows past the checkpoint
+    and a torn last line are dropped.
     """
 
     def __init__(self, accelerator: Any, run_dir: Path) -> None:
@@ -155,13 +157,39 @@ class MetricsLog:
             self.path.write_text("", encoding="utf-8")
 
     def truncate_after(self, step: int) -> None:
-        """Keep only rows up to ``step`` (what a checkpoint at ``step`` has already seen)."""
+        """Keep only rows up to ``step`` (what a checkpoint at ``step`` has already seen), and
+        drop a last line that is not JSON (cut off by a kill: it came after the checkpoint,
+        which is written after the rows of its step); one log line says what went. A
+        malformed line before the last is no torn write: DataError naming it."""
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
-        if not self.path.read_text(encoding="utf-8").strip():
-            return
-        rows = [row for _, row in read_jsonl(self.path) if int(row.get("step", 0)) <= step]
-        write_jsonl(self.path, rows)
+        # errors="replace": a torn line may end inside a multi-byte character.
+        lines = [(number, line) for number, line in enumerate(
+            self.path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1)
+            if line.strip()]
+        kept, dropped, torn = [], 0, False
+        for position, (number, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                if position == len(lines) - 1:
+                    torn = True
+                    continue
+                raise DataError(self.path, number, None, f"malformed JSON ({err.msg}); only "
+                                "the last line can be cut off by a kill: fix or delete this "
+                                "one") from None
+            if not isinstance(row, dict):
+                raise DataError(self.path, number, None, "expected a JSON object on each line")
+            if int(row.get("step", 0)) <= step:
+                kept.append(row)
+            else:
+                dropped += 1
+        if dropped or torn:
+            write_jsonl(self.path, kept)
+            what = [f"{dropped} row(s) after step {step}"] if dropped else []
+            what += ["a torn last line (cut off by a kill)"] if torn else []
+            log.info("%s: dropped %s, resuming from the checkpoint of step %d", self.path,
+                     " and ".join(what), step)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:
@@ -172,6 +200,23 @@ class MetricsLog:
         scalars = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
         prefix = f"{row['split']}/" if "split" in row else "train/"
         self.accelerator.log({prefix + k: v for k, v in scalars.items()}, step=int(row["step"]))
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+@contextmanager
+def lock_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/train.lock`` while training writes ``run_dir``: a second ``jmlr train`` into
+    the same folder would share its temporary checkpoint folders, rewrite config.yaml and
+    interleave metrics.jsonl. Busy (one line, exit 2) when another live process holds it;
+    a lock that a killed process left is taken over with a log line (``jmlr.io.exclusive``)."""
+    try:
+        with exclusive(run_dir / LOCK_FILE, "jmlr train", wait=False):
+            yield
+    except Busy as err:
+        raise Busy(f"{run_dir} is in use by another jmlr train ({err.holder}): wait for it to "
+                   "end, or choose another run.out_dir", holder=err.holder) from None
 
 
 # --------------------------------------------------------------------------- signals

@@ -84,7 +84,8 @@ class TrainingStep:
 
     def build_models(self) -> dict[str, nn.Module]:
         """The named models this step needs (only those), on the CPU; the parameters meant to
-        train have ``requires_grad`` set. The loop freezes models that do not train."""
+        train have ``requires_grad`` set. The loop freezes models that do not train. It runs
+        on the main process first, then on the others: no collective operations here."""
         raise NotImplementedError
 
     def learning_rates(self) -> dict[str, float]:

@@ -58,6 +58,9 @@ class JointStep(TrainingStep):
 
     # ------------------------------------------------------------ set-up
 
+    def check(self) -> None:
+        parts.check_inputs(self.cfg)
+
     def load_data(self) -> list[MCQ]:
         self.data = parts.load_training_data(self.cfg)
         return self.data.train
