@@ -171,6 +171,9 @@ class JMLRConfig:
     k_sample: int = 10                      # passages drawn per question for the rank loss
     r_read: int = 7                         # top passages by score that the generator reads
     tau: float = 1.0                        # sampling temperature of softmax(s / tau)
+    # Draw the k passages from the current top-M candidates by score only (0: from all N, as
+    # the paper). Pairs among passages far down the list are mostly noise to the teacher.
+    sample_pool: int = 0
     score_norm: str = field(default="minmax", metadata=_choices("minmax", "none"))
     # The retriever's loss: a registered rank objective (jmlr.training.rank_objectives) with
     # its own parameters, e.g. {name: pairwise, tie_tolerance: 0.2}.
@@ -204,6 +207,8 @@ class JMLRConfig:
             (self.k_sample >= 2, "jmlr.k_sample must be at least 2 (the rank loss needs pairs)"),
             (self.r_read >= 0, "jmlr.r_read must be >= 0"),
             (self.tau > 0, "jmlr.tau must be > 0"),
+            (self.sample_pool == 0 or self.sample_pool >= self.k_sample,
+             "jmlr.sample_pool must be 0 (all candidates) or at least jmlr.k_sample"),
             (self.lambda_rank >= 0, "jmlr.lambda_rank must be >= 0"),
             (self.utility_tokens_per_forward >= 0,
              "jmlr.utility_tokens_per_forward must be >= 0 (0: one forward)"),

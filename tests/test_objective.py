@@ -71,6 +71,23 @@ def test_sampling_is_deterministic_for_a_seed_and_has_no_gradient():
     assert not a.requires_grad
 
 
+def test_a_sample_pool_draws_only_from_the_current_top_m():
+    gen = torch.Generator().manual_seed(11)
+    scores = torch.randn(300, 30, generator=gen)
+    drawn = sample_passages(scores, 4, tau=50.0, pool=10, generator=torch.Generator().manual_seed(1))
+    top10 = scores.topk(10, dim=1).indices
+    assert drawn.shape == (300, 4)
+    assert all(set(d.tolist()) <= set(t.tolist()) for d, t in zip(drawn, top10, strict=True))
+    assert all(len(set(d.tolist())) == 4 for d in drawn)
+    # nearly uniform over the pool at a high temperature: the 10th best is drawn in about
+    # 4 rows of 10, the 11th never
+    tenth = (drawn == top10[:, 9:10]).any(1).float().mean().item()
+    assert 0.3 < tenth < 0.5
+    with pytest.raises(Exception, match="sample_pool"):
+        from jmlr.config import load_config
+        load_config(REPO / "configs" / "tiny.yaml", ["jmlr.sample_pool=2"])
+
+
 def test_small_tau_always_draws_the_best_first():
     gen = torch.Generator().manual_seed(3)
     scores = torch.stack([torch.randperm(10, generator=gen) * 0.1 for _ in range(200)])  # gaps >= 0.1

@@ -3,7 +3,7 @@
 For B questions with N candidates each:
 
 * retriever scores ``s[B, N]``; ``k`` candidates drawn without replacement from
-  ``softmax(norm(s) / tau)`` (:func:`sample_passages`);
+  ``softmax(norm(s) / tau)`` over all N, or over the top ``sample_pool`` (:func:`sample_passages`);
 * the utility ``ℓ[B, k]`` of each drawn passage: the generator's loss on the answer given that
   passage alone and the question, all ``B × k`` sequences in one batched no-grad forward
   (:func:`~jmlr.training.token_losses.passage_utilities`);
@@ -70,18 +70,27 @@ def normalize_scores(scores: Tensor, mode: str = "minmax") -> Tensor:
 
 
 def sample_passages(scores: Tensor, k: int, tau: float = 1.0, mode: str = "minmax",
-                    generator: torch.Generator | None = None) -> Tensor:
+                    generator: torch.Generator | None = None, pool: int = 0) -> Tensor:
     """Draw ``min(k, N)`` distinct candidates per row from ``softmax(norm(s) / tau)``.
 
     ``scores[B, N] → LongTensor[B, min(k, N)]``, in draw order. Gumbel-top-k: adding Gumbel
     noise to the logits and keeping the k largest is exactly sequential sampling without
-    replacement. Deterministic for a given ``generator`` state; no gradient.
+    replacement. ``pool`` > 0 draws from each row's top-``pool`` candidates by score only (the
+    normalisation spans those); 0 from all N. Deterministic for a given ``generator`` state;
+    no gradient.
 
     >>> sample_passages(torch.tensor([[0.0, 5.0, 1.0]]), k=5, tau=1e-3).sort().values
     tensor([[0, 1, 2]])
+    >>> sample_passages(torch.tensor([[0.0, 5.0, 1.0, 3.0]]), k=2, tau=100.0, pool=2).sort().values
+    tensor([[1, 3]])
     """
     with torch.no_grad():
-        logits = normalize_scores(scores.detach().float(), mode) / tau
+        scores = scores.detach().float()
+        if 0 < pool < scores.shape[-1]:
+            top = scores.topk(pool, dim=-1).indices                               # [B, pool]
+            drawn = sample_passages(scores.gather(-1, top), k, tau, mode, generator)
+            return top.gather(-1, drawn)
+        logits = normalize_scores(scores, mode) / tau
         device = generator.device if generator is not None else logits.device
         exponential = torch.empty(logits.shape, device=device).exponential_(generator=generator)
         gumbel = -exponential.clamp_min(torch.finfo(exponential.dtype).tiny).log()
@@ -219,7 +228,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
         raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected "
                          f"{(batch_size, len(texts[0]))}")
 
-    sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator)  # [B, k]
+    sampled = sample_passages(scores, cfg.k_sample, cfg.tau, cfg.score_norm, generator,
+                              cfg.sample_pool)                                    # [B, k]
     k = sampled.shape[1]
     drawn = [[texts[b][j] for j in sampled[b].tolist()] for b in range(batch_size)]
     utility_tokens = 0
