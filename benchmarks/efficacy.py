@@ -35,7 +35,7 @@ from benchmarks import efficacy_measures as em
 TASKS = {"demo-s1-400": {"seed": 1, "diseases": 400, "questions": 400},
          "demo-s2-600": {"seed": 2, "diseases": 600, "questions": 600}}
 QUICK_TASKS = {"quick-s1-120": {"seed": 1, "diseases": 120, "questions": 120}}
-SCORINGS = ["letter", "letter_debiased", "option_text"]
+SCORINGS = ["letter", "option_text"]       # --debiased adds letter_debiased (5x the forwards)
 METRICS = ("r@1", "r@7", "mrr")
 FROZEN = ["jmlr.train_retriever=false", "jmlr.utilities_when_frozen=false"]
 
@@ -50,10 +50,21 @@ def parse_args() -> argparse.Namespace:
                         help="a setting of both runs (repeatable)")
     parser.add_argument("--ceiling-questions", type=int, default=30,
                         help="test questions on which the teacher's ceiling is measured")
+    parser.add_argument("--ceiling-top", type=int, default=10,
+                        help="the ceiling re-orders the mined top-N's first this many by the "
+                        "teacher (the rest keep the mined order)")
+    parser.add_argument("--dev-curve", action="store_true",
+                        help="dev recall and reading gain inside each run, before and after")
+    parser.add_argument("--debiased", action="store_true",
+                        help="also score accuracy by debiased letters (one forward per option)")
     parser.add_argument("--eval-limit", type=int, default=0,
                         help="test questions for accuracy (0: all)")
     parser.add_argument("--name", default="efficacy", help="results file name")
     return parser.parse_args()
+
+
+def scorings(args: argparse.Namespace) -> list[str]:
+    return [*SCORINGS, "letter_debiased"] if args.debiased else SCORINGS
 
 
 def task_config(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, *extra: str):
@@ -64,7 +75,7 @@ def task_config(args: argparse.Namespace, data: Path, run_dir: Path, seed: int, 
         f"data.corpus={data / 'corpus.jsonl'}", f"data.train={data / 'train.jsonl'}",
         f"data.dev={data / 'dev.jsonl'}", f"data.test={data / 'test.jsonl'}",
         f"factuality.kb={data / 'kb.jsonl'}", f"retriever.index_dir={data.parent / 'index'}",
-        f"candidates.path={data.parent / 'candidates'}", f"eval.scoring=[{', '.join(SCORINGS)}]",
+        f"candidates.path={data.parent / 'candidates'}", f"eval.scoring=[{', '.join(scorings(args))}]",
         f"eval.limit={args.eval_limit}", "eval.modes=[trained]", *args.set, *extra])
 
 
@@ -93,7 +104,7 @@ def prepare_task(args: argparse.Namespace, name: str, spec: dict[str, int]) -> d
     if not measured.is_file():
         subset = splits["test"][:args.ceiling_questions]
         result = {s: em.rerank_ranks(cfg, None, qs, pools[s], corpus) for s, qs in splits.items()}
-        result["ceiling"] = em.teacher_ranks(cfg, subset, pools["test"], corpus)
+        result["ceiling"] = em.teacher_ranks(cfg, subset, pools["test"], corpus, args.ceiling_top)
         measured.write_text(json.dumps(result))
     return {"root": root, "data": data, "corpus": corpus, "splits": splits, "pools": pools,
             "untrained": json.loads(measured.read_text())}
@@ -109,7 +120,9 @@ def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str
     if done.is_file():
         return json.loads(done.read_text())
     cfg = task_config(args, task["data"], run_dir, seed, *(FROZEN if kind == "frozen" else []))
-    cfg.train.eval_every = cfg.train.max_steps      # dev metrics before training and at its end
+    # Dev retrieval is measured after training below; --dev-curve adds the loop's own dev
+    # passes (recall, reading gain) before and after training, minutes per run on a CPU.
+    cfg.train.eval_every = cfg.train.max_steps if args.dev_curve else -1
     started = time.perf_counter()
     if not (run_dir / "final").is_dir():
         run_train(cfg, resume=(run_dir / "checkpoints").is_dir())
@@ -117,9 +130,14 @@ def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str
     run_evaluate(cfg, run_dir, split="test", modes=["trained"])
     correct, letters = em.correct_by_scoring(run_dir)
     final = run_dir / "final" / "retriever"
-    ranks = {s: em.rerank_ranks(cfg, final, qs, task["pools"][s], task["corpus"])
-             for s, qs in task["splits"].items()}
-    ranks["test_research"] = em.research_ranks(cfg, final, task["splits"]["test"], task["corpus"])
+    if kind == "frozen":        # its retriever is the untrained one: measured once per task
+        ranks = {s: task["untrained"][s] for s in task["splits"]}
+        ranks["test_research"] = task["untrained"]["test"]
+    else:
+        ranks = {s: em.rerank_ranks(cfg, final, qs, task["pools"][s], task["corpus"])
+                 for s, qs in task["splits"].items()}
+        ranks["test_research"] = em.research_ranks(cfg, final, task["splits"]["test"],
+                                                   task["corpus"])
     ranks["ceiling_subset"] = {q: ranks["test"][q] for q in task["untrained"]["ceiling"]}
     result = {"kind": kind, "seed": seed, "train_s": round(train_s, 1),
               "seconds": round(time.perf_counter() - started, 1), "ranks": ranks,
@@ -152,7 +170,7 @@ def summarise_task(task: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) 
             "joint": em.mean_sd(reached),
             "gap_closed": round((sum(reached) / len(reached) - low) / (high - low), 3)
             if high > low else None}
-    for scoring in SCORINGS:
+    for scoring in joint[0]["correct"]:
         out["accuracy"][scoring] = {
             "frozen": em.mean_sd([statistics_mean(r["correct"][scoring]) for r in frozen]),
             "joint": em.mean_sd([statistics_mean(r["correct"][scoring]) for r in joint]),

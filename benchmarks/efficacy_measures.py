@@ -137,9 +137,11 @@ def research_ranks(cfg: Config, checkpoint: str | Path, questions: Sequence[MCQ]
 
 
 def teacher_ranks(cfg: Config, questions: Sequence[MCQ], pools: Mapping[str, Candidates],
-                  corpus: Mapping[str, str]) -> Ranks:
+                  corpus: Mapping[str, str], top: int = 0) -> Ranks:
     """Gold ranks when the base generator's own utilities (the configured ``jmlr.utility``)
-    order the mined candidates: the ceiling of what the teacher can teach (lower first)."""
+    order the mined candidates: the ceiling of what the teacher can teach (lower first).
+    ``top`` > 0: only the first ``top`` candidates are re-ordered (the pool the joint step
+    draws from), the rest keep their mined order after them."""
     from jmlr.training import components as parts
     from jmlr.training.utilities import utility_fn
 
@@ -148,11 +150,11 @@ def teacher_ranks(cfg: Config, questions: Sequence[MCQ], pools: Mapping[str, Can
     ranked = {}
     with torch.no_grad():
         for q in questions:
-            ids = pools[q.id].passage_ids
+            ids, rest = pools[q.id].passage_ids[:top or None], pools[q.id].passage_ids[top or len(pools[q.id].passage_ids):]
             with gen.disable_adapter():
                 values = utilities(gen, [q] * len(ids), [[corpus[pid]] for pid in ids]).tolist()
             order = sorted(range(len(ids)), key=values.__getitem__)
-            ranked[q.id] = [ids[i] for i in order]
+            ranked[q.id] = [ids[i] for i in order] + list(rest)
     return gold_ranks(ranked, questions)
 
 
