@@ -2,7 +2,7 @@
 inputs changed is redone with every stage after it, an interrupted stage continues.
 
 Toy stages registered in place of the built-in ones run the logic of ``jmlr/pipeline.py`` in
-milliseconds."""
+milliseconds; one slow test runs the real demo twice on tiny models."""
 
 from __future__ import annotations
 
@@ -262,3 +262,32 @@ def test_fingerprints_name_what_changed(tmp_path):
     assert "train.max_steps 3 -> 9" in said and 'jmlr.objective.name "pairwise" -> "listwise"' in said
     assert f"{data} changed" in said
 
+
+@pytest.mark.slow
+@pytest.mark.colbert
+@pytest.mark.timeout(600)
+def test_the_real_demo_run_twice_keeps_every_stage(tmp_path, monkeypatch, caplog):
+    """The built-in stages on tiny models (a random 2-layer BERT as the retriever's encoder,
+    the tiny GGUF generator) and the smallest demo task."""
+    from tiny_retrieval import make_tiny_bert
+
+    from jmlr import stages
+
+    monkeypatch.setitem(stages.QUICK, "diseases", 20)
+    monkeypatch.setitem(stages.QUICK, "questions", 20)
+    bert = make_tiny_bert(tmp_path / "tiny-bert")
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.out_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}",
+        f"retriever.checkpoint={bert}"])
+    names = ["prepare-demo", "index", "mine", "train", "evaluate", "report"]
+    first = run_demo(cfg, quick=True)
+    assert first["ran"] == names and first["kept"] == []
+    run = tmp_path / "run-quick"
+    assert {"none", "frozen", "trained"} <= set(first["metrics"]["modes"])
+    before = _mtimes(run)
+    with caplog.at_level(logging.INFO, logger="jmlr.pipeline"):
+        second = run_demo(cfg, quick=True)
+    assert second["kept"] == names and second["ran"] == []
+    assert _mtimes(run) == before
+    kept = [r.getMessage() for r in caplog.records if "kept (inputs unchanged since" in r.getMessage()]
+    assert len(kept) == len(names)
