@@ -187,7 +187,8 @@ def decide(stage: str, io: DemoIO, stamp: dict[str, Any] | None, inputs: dict[st
         return Decision(False, False, f"demo: {stage}")                 # a first run
     reasons = [f"{ran_before[-1]} ran before it"] if ran_before else []
     if stamp is None:
-        reasons.append("its outputs have no record of the inputs they were made from")
+        if not reasons:             # (an earlier stage that runs removes the later records)
+            reasons.append("its outputs have no record of the inputs they were made from")
     else:
         reasons += changes(stamp["inputs"], inputs)
         if not reasons and stamp.get("finished") is None:
