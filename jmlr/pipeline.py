@@ -2,9 +2,12 @@
 
 The demo runs every registered stage that has a demo function (``jmlr/stages.py``), in
 registration order: prepare-demo -> index -> mine -> train -> evaluate (none / frozen /
-trained, with factuality) -> report. Each calls the same code its own subcommand calls, and
-skips work whose output is already complete, so an interrupted demo continues where it
-stopped.
+trained, with factuality) -> report. Each calls the same code its own subcommand calls.
+
+Run again, the demo keeps every stage whose inputs are unchanged since it finished (the
+records in ``RUN/.demo``, see ``jmlr/demo_stamps.py``), redoes a stage whose inputs changed
+and every stage after it, and continues an interrupted stage where it stopped (training from
+its checkpoint). A log line says which, for each stage.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from jmlr.config import Config
+from jmlr.demo_stamps import STAMPS, Decision, Stamps, decide, fingerprint, remove_outputs
 
 log = logging.getLogger(__name__)
+
 
 def _with_data_dir(cfg: Config, data_dir: Path) -> Config:
     data = replace(cfg.data, corpus=str(data_dir / "corpus.jsonl"),
@@ -40,21 +45,57 @@ def demo_config(cfg: Config, quick: bool) -> Config:
 
 
 def run_demo(cfg: Config, quick: bool = False) -> dict:
-    from jmlr.registry import STAGES
-    from jmlr.stage import resolve
+    from jmlr.errors import Busy
+    from jmlr.io import exclusive
 
     cfg = demo_config(cfg, quick)
     out = Path(cfg.run.out_dir)
-    timings: dict[str, float] = {}
+    stamps = Stamps(out / STAMPS)
+    try:
+        # Two demos in one folder would remove each other's outputs when they redo a stage.
+        with exclusive(stamps.folder / "demo.lock", "jmlr demo", wait=False):
+            return _run_stages(cfg, quick, stamps)
+    except Busy as err:
+        raise Busy(f"{out} is in use by another jmlr demo ({err.holder}): wait for it to end",
+                   holder=err.holder) from None
+
+
+def _run_stages(cfg: Config, quick: bool, stamps: Stamps) -> dict:
+    from jmlr.registry import STAGES
+    from jmlr.stage import resolve
+
+    stages = [(name, stage) for name, stage in STAGES.items() if stage.demo is not None]
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}          # the stages that ran, in order
+    kept: list[str] = []
     results: dict[str, object] = {}
-    for name, stage in STAGES.items():
-        if stage.demo is None:
+    for position, (name, stage) in enumerate(stages):
+        started = time.perf_counter()
+        io, inputs = None, {}
+        if stage.demo_io is None:           # it cannot say what it reads: it always runs
+            decision = Decision(False, False, f"demo: {name}")
+        else:
+            io = resolve(stage.demo_io)(cfg, quick)
+            inputs = fingerprint(cfg, io)
+            decision = decide(name, io, stamps.read(name), inputs, list(seconds))
+        log.info("%s", decision.line)
+        if decision.keep:
+            kept.append(name)
             continue
-        log.info("demo: %s", name)
-        start = time.perf_counter()
+        for later, _ in stages[position + 1:]:
+            stamps.forget(later)            # they were made from what this stage now replaces
+        if io is not None:
+            if decision.redo:
+                remove_outputs(io)
+            stamps.started(name, inputs)
         results[name] = resolve(stage.demo)(cfg, quick)
-        timings[name] = round(time.perf_counter() - start, 1)
-    total = round(sum(timings.values()), 1)
-    print(f"\nDemo finished in {total} s ({', '.join(f'{k} {v} s' for k, v in timings.items())}).")
-    print(f"Report: {out / 'report.html'}")
-    return {"timings": timings, "total_s": total, "metrics": results.get("evaluate")}
+        seconds[name] = round(time.perf_counter() - started, 1)
+        if io is not None:                  # fingerprinted again: a stage may touch what it reads
+            stamps.finished(name, fingerprint(cfg, io), seconds[name])
+    total = round(time.perf_counter() - start, 1)
+    print(f"\nDemo finished in {total} s.")
+    print(f"Kept (inputs unchanged): {', '.join(kept) or 'none'}.")
+    print(f"Ran: {', '.join(f'{name} {s} s' for name, s in seconds.items()) or 'none'}.")
+    print(f"Report: {Path(cfg.run.out_dir) / 'report.html'}")
+    return {"timings": seconds, "total_s": total, "kept": kept, "ran": list(seconds),
+            "metrics": results.get("evaluate")}

@@ -44,7 +44,11 @@ class Stage:
     no config); it may return an exit code (None means 0). ``arguments(parser)`` adds the
     stage's own command-line options. ``demo(cfg, quick)`` runs the stage inside ``jmlr
     demo`` (absent: not part of the demo); it returns what the demo summary keeps, and
-    should skip work whose output is complete. ``report(cfg, run_dir)`` returns a
+    should continue work that an interrupted run left. ``demo_io(cfg, quick)`` returns the
+    stage's :class:`jmlr.demo_stamps.DemoIO` (the config keys and files it reads, the outputs
+    it writes), so that a second ``jmlr demo`` keeps the stage while they are unchanged
+    (absent: the stage runs every time, and so do the stages after it).
+    ``report(cfg, run_dir)`` returns a
     ``report_render.Section`` for the run report (or None when it has nothing to show).
     ``reads`` / ``writes`` name the stage's inputs and outputs (config keys or run-folder
     paths), for ``jmlr --help`` and the docs.
@@ -59,6 +63,7 @@ class Stage:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     demo: Function | None = None
+    demo_io: Function | None = None
     report: Function | None = None
 
     def add_to(self, name: str, subparsers: Any) -> argparse.ArgumentParser:

