@@ -152,7 +152,7 @@ def teacher_ranks(cfg: Config, questions: Sequence[MCQ], pools: Mapping[str, Can
         for q in questions:
             ids, rest = pools[q.id].passage_ids[:top or None], pools[q.id].passage_ids[top or len(pools[q.id].passage_ids):]
             with gen.disable_adapter():
-                values = utilities(gen, [q] * len(ids), [[corpus[pid]] for pid in ids]).tolist()
+                values = utilities(gen, [q] * len(ids), [[corpus[pid]] for pid in ids]).losses.tolist()
             order = sorted(range(len(ids)), key=values.__getitem__)
             ranked[q.id] = [ids[i] for i in order] + list(rest)
     return gold_ranks(ranked, questions)

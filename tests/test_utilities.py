@@ -71,7 +71,7 @@ def test_option_contrast_is_the_gold_share_of_plain_forwards(world, generator):
     utilities = utility_fn(cfg, tokenizer)
     rows = [(questions[0], [passages[0].full_text]), (questions[1], []),
             (questions[2], [passages[2].full_text, passages[3].full_text])]
-    got = utilities(model, [q for q, _ in rows], [p for _, p in rows])
+    got = utilities(model, [q for q, _ in rows], [p for _, p in rows]).losses
     for value, (q, read) in zip(got.tolist(), rows, strict=True):
         scores = option_mean_logprobs(model, tokenizer, q, read, cfg.generator.max_length)
         gold = list(q.options).index(q.answer)
@@ -88,7 +88,7 @@ def test_option_contrast_ignores_what_every_option_gains(world, generator):
     cfg = config(root, "jmlr.utility=option_contrast")
     utilities = utility_fn(cfg, tokenizer)
     same = dataclasses.replace(questions[0], options={k: "gout" for k in questions[0].options})
-    out = utilities(model, [same], [[]])
+    out = utilities(model, [same], [[]]).losses
     assert out.item() == pytest.approx(math.log(len(same.options)), abs=1e-5)
 
 
@@ -98,9 +98,9 @@ def test_bucketed_utilities_equal_one_forward(world, generator):
     qs = [questions[i % 3] for i in range(5)]
     read = [[passages[i].full_text] for i in range(4)] + [[]]
     for name in UTILITIES.names():
-        one = utility_fn(config(root, f"jmlr.utility={name}"), tokenizer)(model, qs, read)
+        one = utility_fn(config(root, f"jmlr.utility={name}"), tokenizer)(model, qs, read).losses
         many = utility_fn(config(root, f"jmlr.utility={name}", "jmlr.utility_tokens_per_forward=200"),
-                          tokenizer)(model, qs, read)
+                          tokenizer)(model, qs, read).losses
         assert torch.allclose(one, many, atol=1e-4), name
 
 
@@ -125,6 +125,7 @@ def test_answer_loss_entry_is_the_step_s_own_utility(world, generator):
                          utility_fn=utility_fn(cfg, tokenizer), **common)
     assert torch.allclose(plain.utilities, through.utilities, atol=1e-6)
     assert torch.allclose(plain.baseline, through.baseline, atol=1e-6)
+    assert through.n_tokens == plain.n_tokens        # the utility forwards count in tokens/s
 
 
 def test_option_contrast_under_the_base_teacher_ignores_the_adapter(world, generator):
@@ -133,15 +134,15 @@ def test_option_contrast_under_the_base_teacher_ignores_the_adapter(world, gener
     utilities = utility_fn(config(root, "jmlr.utility=option_contrast"), tokenizer)
     teacher = BaseTeacher(model)
     read = [[passages[0].full_text]]
-    before = utilities(model, questions[:1], read)
+    before = utilities(model, questions[:1], read).losses
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.add_(0.5)
     try:
         with teacher_context(teacher):
-            as_base = utilities(model, questions[:1], read)
-        changed = utilities(model, questions[:1], read)
+            as_base = utilities(model, questions[:1], read).losses
+        changed = utilities(model, questions[:1], read).losses
     finally:
         with torch.no_grad():
             for name, param in model.named_parameters():

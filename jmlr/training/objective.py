@@ -246,7 +246,7 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
             utility_tokens = int(utility_batch["attention_mask"].sum())
         else:
             with teacher_context(teacher):
-                losses = utility_fn(model, utility_questions, utility_passages)
+                losses, utility_tokens = utility_fn(model, utility_questions, utility_passages)
         losses = losses.float()
         utilities, baseline = losses[:batch_size * k].view(batch_size, k), losses[batch_size * k:]
         if cfg.train_retriever:

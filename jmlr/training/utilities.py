@@ -4,7 +4,8 @@ A utility ℓ is one loss-like number per (question, passages) sequence, lower i
 computed without gradient by the teacher (``jmlr.utility_model``). The rank objective orders the
 drawn passages by it; the same number with no passage is the baseline of the gains. Each entry
 is a factory ``(cfg, tokenizer) → UtilityFn`` and a ``UtilityFn`` is
-``(model, questions[n], passages[n][*]) → Tensor[n]`` (float32).
+``(model, questions[n], passages[n][*]) → Utilities`` (losses ``[n]`` float32, and the
+non-padding tokens the forwards read, for the step's throughput).
 
 - ``answer_loss`` (the paper): the generator's mean NLL on the answer's utility span
   (``jmlr.utility_span``) given ``[passage; question]``.
@@ -25,13 +26,14 @@ Adding one: a factory returning a ``UtilityFn``, registered under its name::
     def letter_share(cfg, tokenizer):
         def utilities(model, questions, passages):
             ...
+            return Utilities(losses, tokens)
         return utilities
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +46,15 @@ if TYPE_CHECKING:
     from jmlr.config import Config
     from jmlr.data.schema import MCQ
 
-UtilityFn = Callable[[nn.Module, Sequence["MCQ"], Sequence[Sequence[str]]], Tensor]
-"""(generator, questions[n], passages[n][*]) -> utilities ℓ[n], no gradient, lower is better."""
+
+
+class Utilities(NamedTuple):
+    losses: Tensor      # [n] float32, no gradient, lower is better
+    tokens: int         # non-padding tokens the forwards read
+
+
+UtilityFn = Callable[[nn.Module, Sequence["MCQ"], Sequence[Sequence[str]]], Utilities]
+"""(generator, questions[n], passages[n][*]) -> utilities ℓ[n] and the tokens read."""
 
 
 def gold_share_loss(option_scores: Sequence[Sequence[float]], gold: Sequence[int]) -> Tensor:
@@ -84,9 +93,10 @@ def answer_loss(cfg: Config, tokenizer: Any) -> UtilityFn:
     max_tokens = cfg.jmlr.utility_tokens_per_forward or None
 
     def utilities(model: nn.Module, questions: Sequence[MCQ],
-                  passages: Sequence[Sequence[str]]) -> Tensor:
+                  passages: Sequence[Sequence[str]]) -> Utilities:
         batch = encode(list(questions), [list(p) for p in passages])
-        return passage_utilities(model, batch, "utility_mask", max_tokens).float()
+        return Utilities(passage_utilities(model, batch, "utility_mask", max_tokens).float(),
+                         int(batch["attention_mask"].sum()))
 
     return utilities
 
@@ -106,7 +116,7 @@ def option_contrast(cfg: Config, tokenizer: Any) -> UtilityFn:
     max_tokens = cfg.jmlr.utility_tokens_per_forward or None
 
     def utilities(model: nn.Module, questions: Sequence[MCQ],
-                  passages: Sequence[Sequence[str]]) -> Tensor:
+                  passages: Sequence[Sequence[str]]) -> Utilities:
         lm = _causal_lm(model)
         items = [build_item(tokenizer, q, list(p), max_length, target)
                  for q, p in zip(questions, passages, strict=True)]
@@ -120,7 +130,8 @@ def option_contrast(cfg: Config, tokenizer: Any) -> UtilityFn:
                 scores.extend(found.option_text)
                 order.extend(rows)
         back = inverse_order(order)
-        return gold_share_loss([scores[i] for i in back], gold)
+        tokens = sum(len(it.prompt_ids) + sum(map(len, it.continuation_ids)) for it in items)
+        return Utilities(gold_share_loss([scores[i] for i in back], gold), tokens)
 
     return utilities
 

@@ -185,7 +185,7 @@ class JointStep(TrainingStep):
             gold = [[data.passages[q.gold_passage_ids[0]].full_text] for q in questions]
             with teacher_context(teacher):
                 losses = self.utility(models["generator"], [*questions, *questions],
-                                      [[] for _ in questions] + gold)
+                                      [[] for _ in questions] + gold).losses
             return losses[:len(questions)] - losses[len(questions):]       # ℓ_none − ℓ_gold
 
         found: dict[str, list[float]] = {"reading_gain": [], "reading_gain_base": []}
