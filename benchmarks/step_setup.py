@@ -66,14 +66,22 @@ SPECS: dict[str, ModelSpec] = {
 
 def load_settings(spec: ModelSpec, overrides: dict[str, Any]) -> Any:
     """The spec's config with the benchmark's sizes: k, r, candidates, lengths, dtype."""
-    from jmlr.config import load_config
+    from jmlr.config import JMLRConfig, load_config
 
     cfg = load_config(REPO_ROOT / spec.config_file)
     cfg.generator.dtype = spec.dtype
     cfg.generator.rope_scaling_factor = 1.0
     cfg.generator.max_length = 4096 if spec.random_shape else max(cfg.generator.max_length, 2048)
     cfg.candidates.top_n = max(spec.n_candidates, spec.k_sample, spec.r_read)
-    cfg.jmlr = dataclasses.replace(cfg.jmlr, k_sample=spec.k_sample, r_read=spec.r_read)
+    # The reference loop is the paper's step: the current generator's answer loss, pairwise
+    # over every drawn pair, drawn from all N candidates at tau 1. A config's own teacher
+    # settings (the demo's base-model option contrast, min_gain, sample pool) are not part
+    # of it, so both loops run the paper's step and the timing compares equal work.
+    paper = JMLRConfig()
+    cfg.jmlr = dataclasses.replace(
+        cfg.jmlr, k_sample=spec.k_sample, r_read=spec.r_read, tau=paper.tau,
+        sample_pool=paper.sample_pool, score_norm=paper.score_norm, objective=paper.objective,
+        utility=paper.utility, utility_span=paper.utility_span, utility_model=paper.utility_model)
     for key, value in overrides.items():
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)

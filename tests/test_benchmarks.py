@@ -173,3 +173,24 @@ def test_the_gpu_runner_refuses_bad_arguments_and_a_machine_without_cuda(repo_ro
     no_gpu = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert no_gpu.returncode == 2 and "no CUDA device" in no_gpu.stdout + no_gpu.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_the_step_benchmark_runs_the_papers_step_on_every_config():
+    """The demo config teaches with its own settings (base-model option contrast, min_gain, a
+    sample pool); the reference loop implements the paper's step, so the benchmark must run
+    that step in both loops, or the equality check compares different work."""
+    from benchmarks.reference_loop import pairwise_tie_tolerance
+    from benchmarks.step_setup import SPECS, load_settings
+    from jmlr.config import JMLRConfig, load_config
+
+    demo = load_config(common.REPO_ROOT / "configs" / "demo.yaml").jmlr
+    assert (demo.utility, demo.utility_model, demo.sample_pool) != ("answer_loss", "current", 0)
+    paper = JMLRConfig()
+    for name in ("tiny", "smollm2"):
+        spec = SPECS[name]
+        cfg = load_settings(spec, {})
+        got = cfg.jmlr
+        assert (got.k_sample, got.r_read) == (spec.k_sample, spec.r_read)
+        assert (got.utility, got.utility_model, got.utility_span, got.sample_pool, got.tau) == (
+            paper.utility, paper.utility_model, paper.utility_span, paper.sample_pool, paper.tau)
+        assert pairwise_tie_tolerance(got) == 1e-6
