@@ -89,3 +89,24 @@ def cached_jsonl(work_dir: str | Path, name: str, make: Any) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(path, make())
     return path
+
+
+def synthetic_kb_aliases(n_aliases: int, seed: int = 0) -> list[dict[str, Any]]:
+    """KB rows with about ``n_aliases`` distinct names and aliases (UMLS scale: millions):
+    every HPO term, then "<modifier> <term>" and "<modifier> <modifier> <term>" concepts in a
+    seeded order, each with the term's first synonyms under the same modifiers."""
+    terms = _hpo_terms()
+    rows = synthetic_kb(len(terms), seed)
+    count = sum(1 + len(r["aliases"]) for r in rows)
+    prefixes = [*MODIFIERS, *(f"{a} {b}" for a in MODIFIERS for b in MODIFIERS if a != b)]
+    combos = [(p, t) for p in prefixes for t in range(len(terms))]
+    random.Random(seed).shuffle(combos)
+    for prefix, t in combos:
+        if count >= n_aliases:
+            break
+        _, name, synonyms, _ = terms[t]
+        aliases = [f"{prefix} {s}" for s in synonyms[:3]]
+        rows.append({"concept_id": f"Z{len(rows):08d}", "canonical_name": f"{prefix} {name}".capitalize(),
+                     "aliases": aliases, "types": ["T033"], "definition": None})
+        count += 1 + len(aliases)
+    return rows

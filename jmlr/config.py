@@ -294,7 +294,9 @@ class EvalConfig:
 
 @dataclass
 class FactualityConfig:
-    kb: str = ""                            # scispaCy KnowledgeBase jsonl
+    # scispaCy KnowledgeBase jsonl, or a scispaCy linker name (umls, mesh, rxnorm, go, hpo)
+    # whose KB file is in scispaCy's download cache ($SCISPACY_CACHE, ~/.scispacy).
+    kb: str = ""
     spacy_model: str = ""                   # "" : en_core_sci_sm if installed, else a blank pipeline
     threshold: float = 0.7
     max_entities_per_mention: int = 1

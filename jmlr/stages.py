@@ -289,7 +289,8 @@ STAGES.register("evaluate", Stage(
 
 def _factuality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True)
-    p.add_argument("--kb", default="", help="KnowledgeBase jsonl (default: factuality.kb)")
+    p.add_argument("--kb", default="", help="KnowledgeBase jsonl, or a scispaCy linker name found in its "
+                   "cache: umls, mesh, rxnorm, go, hpo (default: factuality.kb)")
     p.add_argument("--out", default=None, help="output folder (default: beside predictions)")
 
 

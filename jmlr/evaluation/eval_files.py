@@ -71,10 +71,9 @@ def check_before_loading(cfg: Config, run_dir: Path, modes: Sequence[str],
 
         read_qrels(cfg.eval.qrels)
     if cfg.factuality.kb and "generate" in scorings:
-        from jmlr.data.kb import read_kb
-        from jmlr.resources import resolve_location
+        from jmlr.data.kb import read_kb, resolve_kb
 
-        read_kb(resolve_location(cfg.factuality.kb, "factuality.kb"))
+        read_kb(resolve_kb(cfg.factuality.kb))
 
 
 # ---------------------------------------------------------------------------------------

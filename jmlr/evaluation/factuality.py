@@ -33,12 +33,11 @@ from spacy.tokens import Doc, Span
 from tqdm import tqdm
 
 from jmlr.config import Config, FactualityConfig
-from jmlr.data.kb import read_kb
+from jmlr.data.kb import read_kb, resolve_kb
 from jmlr.errors import ConfigError
 from jmlr.evaluation.alias_index import INDEX_RECIPE, cached_index_dir, load_index
 from jmlr.evaluation.umls_f import Concept, example_record, read_predictions, render_html, summarize
 from jmlr.io import atomic_write, write_json
-from jmlr.resources import resolve_location
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +261,7 @@ def run_factuality(cfg: Config, predictions: str | Path, kb: str | Path | None =
     location = str(kb or cfg.factuality.kb)
     if not location:
         raise ConfigError("no knowledge base: pass --kb or set factuality.kb")
-    kb_path = resolve_location(location, "factuality.kb", must_exist=False)
+    kb_path = resolve_kb(location)
     pred_path = Path(predictions)
     out = Path(out_dir) if out_dir else pred_path.parent
     pairs, skipped = read_predictions(pred_path)
