@@ -242,8 +242,14 @@ class TrainConfig:
     # Dev retrieval recall before training and every N steps; 0: once, at the end; -1: never.
     eval_every: int = 0
     merge_on_export: bool = False           # also write merged generator weights
+    # Trackers the logged rows also go to (jmlr/training/trackers.py): "auto" is TensorBoard
+    # under RUN/ when installed; "none"; or accelerate's names (tensorboard, wandb, mlflow...).
+    report_to: list[str] = field(default_factory=lambda: ["auto"])
 
     def validate(self, key: str) -> None:
+        from jmlr.training.trackers import check_report_to
+
+        check_report_to(self.report_to, f"{key}.report_to")
         _require([
             (self.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.grad_accum >= 1, "train.grad_accum must be >= 1"),

@@ -358,6 +358,59 @@ def test_a_run_folder_with_checkpoints_needs_resume(task, tmp_path, run_cli):
     assert code == 2 and "--resume" in err
 
 
+# --------------------------------------------------------------------------- trackers, launch settings
+
+
+def test_the_tracker_names_are_accelerates():
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    from jmlr.training.trackers import TRACKER_MODULES
+
+    assert set(TRACKER_MODULES) == set(LOGGER_TYPE_TO_CLASS)
+
+
+def test_report_to_tensorboard_writes_event_files_in_the_run_folder(task, tmp_path):
+    run_dir = tmp_path / "run"
+    train(task, run_dir, "train.max_steps=2", "train.eval_every=-1",
+          "train.report_to=[tensorboard]")
+    events = list(run_dir.rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    assert [e.step for e in logged.Scalars("train/loss")] == [1, 2]
+    assert len(rows(run_dir)) == 2
+    none_dir = tmp_path / "none"
+    train(task, none_dir, "train.max_steps=1", "train.eval_every=-1", "train.report_to=[none]")
+    assert not list(none_dir.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("setting, env, fragment", [
+    ("train.report_to=[aim]", {}, "train.report_to: aim not installed (pip install aim)"),
+    ("train.grad_accum=1", {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "8"},
+     "the accelerate launch config sets gradient_accumulation_steps 8 but train.grad_accum is 1"),
+])
+def test_a_missing_tracker_or_a_launch_accumulation_that_disagrees_stops_before_anything_loads(
+        task, tmp_path, run_cli, monkeypatch, setting, env, fragment):
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before the settings were checked")
+
+    monkeypatch.setattr("jmlr.generation.model.load_generator", never)
+    monkeypatch.setattr("jmlr.data.load_corpus_from_config", never)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", setting))
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_tracker_fails_when_the_config_loads(task, tmp_path, run_cli):
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", "train.report_to=[tensorbord]"))
+    assert code == 2 and "train.report_to: unknown tracker 'tensorbord'" in err
+
+
 # --------------------------------------------------------------------------- one writer per run folder
 
 

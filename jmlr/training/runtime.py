@@ -6,10 +6,10 @@ tested alone. Nothing here creates an accelerator or a process group at import t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from jmlr.config import Config
 from jmlr.device import resolve_device
 from jmlr.errors import Busy, ConfigError, DataError
 from jmlr.io import exclusive, write_jsonl
+from jmlr.training.trackers import resolve_trackers
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,22 @@ def resolve_mixed_precision(setting: str, on_cuda: bool, bf16_supported: bool) -
     return "bf16" if on_cuda and bf16_supported else "no"
 
 
-def tracker_backends() -> list[str]:
-    """Accelerate trackers to log to: TensorBoard when it is installed, else none."""
-    have = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
-    return ["tensorboard"] if have else []
+def check_accumulation(grad_accum: int, launched: str | None) -> None:
+    """``train.grad_accum`` is the one accumulation setting: the loop counts it, and
+    accelerate takes ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS`` (what ``accelerate launch``
+    sets from a DeepSpeed config's ``gradient_accumulation_steps``) over it. Stop at start
+    when the two disagree, instead of accumulating twice or not at all.
+
+    >>> check_accumulation(8, None); check_accumulation(8, "8")
+    >>> check_accumulation(1, "8")
+    Traceback (most recent call last):
+    jmlr.errors.ConfigError: the accelerate launch config sets gradient_accumulation_steps 8 but train.grad_accum is 1: remove it from the launch config (train.grad_accum is the one the loop counts) or make the two equal
+    """
+    if launched is not None and launched.strip() != str(grad_accum):
+        raise ConfigError(
+            f"the accelerate launch config sets gradient_accumulation_steps {launched} but "
+            f"train.grad_accum is {grad_accum}: remove it from the launch config "
+            "(train.grad_accum is the one the loop counts) or make the two equal")
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Any:
@@ -63,6 +76,8 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    check_accumulation(cfg.train.grad_accum, os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS"))
+    trackers = resolve_trackers(cfg.train.report_to)
     on_cuda = resolve_device(cfg.run.device) == "cuda"
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
     precision = resolve_mixed_precision(cfg.train.mixed_precision, on_cuda, bf16)
@@ -76,7 +91,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Any:
         cpu=cfg.run.device == "cpu", mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         step_scheduler_with_optimizer=False,   # stepped once per optimizer step, by the loop
-        log_with=tracker_backends() or None, project_dir=str(run_dir),
+        log_with=trackers or None, project_dir=str(run_dir),
         kwargs_handlers=[ddp])
 
 
