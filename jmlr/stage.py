@@ -51,7 +51,9 @@ class Stage:
     ``report(cfg, run_dir)`` returns a
     ``report_render.Section`` for the run report (or None when it has nothing to show).
     ``reads`` / ``writes`` name the stage's inputs and outputs (config keys or run-folder
-    paths), for ``jmlr --help`` and the docs.
+    paths), for ``jmlr --help`` and the docs. ``passthrough``: the stage takes the rest of the
+    command line as it is, in ``args.passthrough`` (for a command that wraps another tool's
+    command line, as ``jmlr lm-eval`` does lm-eval's).
     """
 
     help: str
@@ -65,6 +67,7 @@ class Stage:
     demo: Function | None = None
     demo_io: Function | None = None
     report: Function | None = None
+    passthrough: bool = False
 
     def add_to(self, name: str, subparsers: Any) -> argparse.ArgumentParser:
         flow = ""

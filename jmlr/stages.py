@@ -307,6 +307,24 @@ STAGES.register("factuality", Stage(
     report="jmlr.evaluation.report:factuality_report"))
 
 
+def _lm_eval(cfg: Config | None, args: argparse.Namespace) -> int:
+    try:
+        from jmlr.evaluation.harness import run_harness_cli
+    except ImportError as err:
+        if "lm_eval" not in str(err):
+            raise
+        raise ConfigError("lm-eval is not installed: pip install 'jmlr[harness]' "
+                          "(scripts/setup.sh installs it)") from None
+    return run_harness_cli(cfg, args)
+
+
+STAGES.register("lm-eval", Stage(
+    help="lm-evaluation-harness with the `jmlr` model registered (retrieval in the loop): "
+         "jmlr lm-eval --model jmlr --model_args run=RUN,mode=trained --tasks ...",
+    run=_lm_eval, uses_config=False, passthrough=True,
+    reads=("RUN/final", "RUN/config.yaml"), writes=("lm-eval's --output_path",)))
+
+
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True)
 

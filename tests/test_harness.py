@@ -1,0 +1,116 @@
+"""lm-evaluation-harness with the `jmlr` model: a task defined in a local YAML over a local data
+file, offline, with the tiny models and the tiny task's index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from jmlr.evaluation.harness import JmlrLM, passage_block  # noqa: E402
+from jmlr.generation import prompts  # noqa: E402
+from tests.test_loop import task, train  # noqa: E402,F401  (the tiny task with mined candidates)
+
+TASK = "jmlr_tiny_mcq"
+
+
+def write_task(folder: Path, questions) -> Path:
+    """A multiple-choice task in lm-eval's YAML over a jsonl written here: the prompt is
+    jmlr's (question, options, "Answer:"), the choices are the letters (" A" after it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": prompts.build_prompt(q, []), "letters": list(q.options),
+             "answer_index": list(q.options).index(q.answer)} for q in questions]
+    data = folder / "questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
+        "doc_to_choice: letters\ndoc_to_target: answer_index\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(task, tmp_path_factory):  # noqa: F811
+    run_dir = tmp_path_factory.mktemp("harness") / "run"
+    train(task, run_dir, "train.max_steps=1", "train.eval_every=-1")
+    return run_dir
+
+
+def evaluate(task_dir: Path, model_args: str, limit: int = 4) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(model="jmlr", model_args=model_args, tasks=[TASK],
+                                  task_manager=TaskManager(include_path=str(task_dir)),
+                                  limit=limit, log_samples=True)
+    return out
+
+
+def test_none_mode_scores_the_letter_exactly_as_jmlrs_prompt_does(task):  # noqa: F811
+    lm = JmlrLM(config=str(task.config_path), mode="none")
+    q = task.dev[0]
+    text = prompts.build_prompt(q, [])
+    jmlr_ids = prompts.encode_prompt(lm.tokenizer, q, [], lm.max_length)
+    assert lm.tok_encode(text) == jmlr_ids            # same prompt, BOS handled the same way
+    letter = prompts.tokenize_piece(lm.tokenizer, " B")
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([jmlr_ids + letter])).logits[0].float()
+    expected = sum(torch.log_softmax(logits[len(jmlr_ids) - 1 + i], -1)[t].item()
+                   for i, t in enumerate(letter))
+
+    class Request:
+        args = (text, " B")
+
+    (got, _), = lm.loglikelihood([Request()])
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_local_task_in_every_mode_reads_the_modes_passages(task, trained_run, tmp_path):  # noqa: F811
+    task_dir = write_task(tmp_path / "tasks", task.dev)
+    none = evaluate(task_dir, f"config={task.config_path},mode=none")
+    assert 0 <= none["results"][TASK]["acc,none"] <= 1
+    first = none["samples"][TASK][0]
+    assert first["arguments"][0][0].startswith("Question:")    # the task's own prompt
+    frozen = evaluate(task_dir, f"run={trained_run},mode=frozen,passages=2")
+    trained = evaluate(task_dir, f"run={trained_run},mode=trained,passages=2")
+    for out in (frozen, trained):
+        assert 0 <= out["results"][TASK]["acc,none"] <= 1
+    # what the generator read: the passages the mode's retriever ranks first
+    lm = JmlrLM(run=str(trained_run), mode="trained", passages=2)
+    context = prompts.build_prompt(task.dev[0], [])
+
+    class Request:
+        args = (context, " A")
+
+    lm.loglikelihood([Request()])
+    read = lm._passages[context]
+    assert len(read) == 2 and all(p in set(lm.corpus.values()) for p in read)
+    assert lm.with_passages(context, 0) == passage_block(read) + context
+    # a budget too small for the passages cuts them, never the context
+    tight = lm.with_passages(context, lm.max_length - len(lm.tok_encode(context)) - 12)
+    assert tight.endswith(context) and len(lm.tok_encode(tight)) < len(lm.tok_encode(
+        passage_block(read) + context))
+
+
+def test_the_command_runs_lm_evals_cli_with_the_model_registered(task, tmp_path, run_cli):  # noqa: F811
+    task_dir = write_task(tmp_path / "tasks", task.dev[:3])
+    out = tmp_path / "out"
+    code, _, err = run_cli("lm-eval", "--model", "jmlr", "--model_args",
+                           f"config={task.config_path},mode=none", "--tasks", TASK,
+                           "--include_path", task_dir, "--output_path", out, "--limit", "2")
+    assert code == 0, err
+    results = list(out.rglob("results_*.json"))
+    assert results and TASK in json.loads(results[0].read_text())["results"]
+    code, _, err = run_cli("lm-eval", "--model", "jmlr", "--model_args",
+                           f"config={task.config_path},mode=bogus", "--tasks", TASK,
+                           "--include_path", task_dir, "--limit", "1")
+    assert code == 2 and "mode must be one of none, frozen, trained" in err
+    code, _, err = run_cli("lm-eval", "--model", "jmlr", "--model_args",
+                           f"run={tmp_path / 'norun'},mode=trained", "--tasks", TASK,
+                           "--include_path", task_dir, "--limit", "1")
+    assert code == 2 and "norun" in err
