@@ -92,9 +92,46 @@ def test_a_local_task_in_every_mode_reads_the_modes_passages(task, trained_run, 
     assert len(read) == 2 and all(p in set(lm.corpus.values()) for p in read)
     assert lm.with_passages(context, 0) == passage_block(read) + context
     # a budget too small for the passages cuts them, never the context
-    tight = lm.with_passages(context, lm.max_length - len(lm.tok_encode(context)) - 12)
+    tight = lm.with_passages(context, lm.max_length - 20)
     assert tight.endswith(context) and len(lm.tok_encode(tight)) < len(lm.tok_encode(
         passage_block(read) + context))
+    # with few-shot examples before it, the question alone is searched for, and the
+    # passages go between the examples and the question
+    shots = prompts.build_prompt(task.dev[1], []) + " B\n\n" + prompts.build_prompt(task.dev[2], []) + " A\n\n"
+    lm.retrieve([shots + context])
+    assert lm._passages[shots + context] == read
+    assert lm.with_passages(shots + context, 0) == shots + passage_block(read) + context
+
+
+def test_few_shot_and_chat_template_through_the_harness(task, tmp_path):  # noqa: F811
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from jmlr.errors import ConfigError
+
+    task_dir = write_task(tmp_path / "tasks", task.dev)
+    text = (task_dir / f"{TASK}.yaml").read_text()
+    data = task_dir / "questions.jsonl"
+    (task_dir / f"{TASK}.yaml").write_text(text.replace(
+        f"    test: {data}\n", f"    test: {data}\n    train: {data}\n") + "training_split: train\n")
+    lm = JmlrLM(config=str(task.config_path), mode="frozen", passages=1)
+    manager = TaskManager(include_path=str(task_dir))
+    with pytest.raises(ConfigError, match="no chat template"):
+        lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=manager, limit=1,
+                                apply_chat_template=True)
+    lm.tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n"
+                                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    out = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=manager, limit=2,
+                                  num_fewshot=2, apply_chat_template=True, log_samples=True)
+    context = out["samples"][TASK][0]["arguments"][0][0]
+    assert context.count("Answer:") == 3 and "<|user|>" in context and context.endswith("<|assistant|>")
+    read = lm._passages[context]
+    question = prompts.build_prompt(task.dev[0], [])
+    assert len(read) == 1 and lm.split(context)[1] == question     # the last user turn alone
+    with_read = lm.with_passages(context, 0)
+    before, _, after = context.rpartition(question)
+    assert with_read == before + passage_block(read) + question + after
+    assert with_read.index("Context:") > with_read.rindex("<|user|>")
 
 
 def test_the_command_runs_lm_evals_cli_with_the_model_registered(task, tmp_path, run_cli):  # noqa: F811

@@ -15,15 +15,18 @@ Model arguments: ``run`` (a finished run folder; its ``config.yaml`` is the conf
 as ``jmlr evaluate``), ``passages`` (how many are read; default ``jmlr.r_read``), ``add_bos``
 (``auto``: when the tokenizer starts texts with BOS, as training's prompts do; ``true``,
 ``false``), ``overrides`` (``section.key=value`` items separated by ``;``), ``batch_size``,
-``device``, ``max_length`` (default ``generator.max_length``).
+``device``, ``max_length`` (default ``generator.max_length``), ``query`` (``last_block``: the
+question is the text after the context's last blank line, so that few-shot examples and a
+task description are neither searched for nor separated from their question; ``all``).
 
-What a request reads: its context (the task's prompt: question and options) is the
-retriever's query, searched in the run's index (``candidates.top_n``) and re-scored by the
+What a request reads: its question (the task's prompt: question and options; with
+``--num_fewshot`` or a description, the part after the last blank line) is the retriever's
+query, searched in the run's index (``candidates.top_n``) and re-scored by the
 mode's retriever (``trained``: the run's; ``frozen``: the one it started from). The best
-``passages`` go before the context as ``jmlr``'s prompt puts them ("Context:", the best
+``passages`` go right before the question as ``jmlr``'s prompt puts them ("Context:", the best
 passage nearest the question, a blank line), cut evenly from their ends so that the longest
 continuation of that context still fits ``max_length``. Every continuation of one context
-reads the same passages.
+reads the same passages. ``--apply_chat_template`` uses the generator's own chat template.
 """
 
 from __future__ import annotations
@@ -66,6 +69,22 @@ def harness_config(run: str, config: str, overrides: str) -> tuple[Config, Path]
     return load_config(source, items), run_dir
 
 
+def question_part(context: str, query: str = "last_block") -> tuple[str, str]:
+    """(what comes before the question, the question) of a request's context. With few-shot
+    examples (lm-eval joins them with blank lines) or a task description before it, the
+    question is the text after the last blank line; ``query="all"`` takes the whole context.
+
+    >>> question_part("Q: a?\nAnswer: B\n\nQ: b?\nAnswer:")
+    ('Q: a?\nAnswer: B\n\n', 'Q: b?\nAnswer:')
+    >>> question_part("Q: b?\nAnswer:"), question_part("x\n\ny", "all")
+    (('', 'Q: b?\nAnswer:'), ('', 'x\n\ny'))
+    """
+    if query == "all":
+        return "", context
+    head, sep, last = context.rpartition("\n\n")
+    return (head + sep, last) if last.strip() else ("", context)
+
+
 def passage_block(passages: Sequence[str]) -> str:
     """Passages (best first) as the text before the context, as jmlr's prompt lays them out.
 
@@ -89,8 +108,9 @@ class JmlrLM(TemplateLM):
 
     def __init__(self, run: str = "", config: str = "", mode: str = "trained",
                  passages: int | str | None = None, add_bos: str | bool = "auto",
-                 overrides: str = "", batch_size: int | str = 8, device: str | None = None,
-                 max_length: int | str | None = None, **unused: Any) -> None:
+                 overrides: str = "", query: str = "last_block", batch_size: int | str = 8,
+                 device: str | None = None, max_length: int | str | None = None,
+                 **unused: Any) -> None:
         super().__init__()
         from jmlr.evaluation import passages as passages_mod
         from jmlr.evaluation.passages import check_run_dir
@@ -106,7 +126,9 @@ class JmlrLM(TemplateLM):
             check_run_dir(run_dir)
         if unused:
             log.info("jmlr model for lm-eval: ignoring %s", ", ".join(sorted(unused)))
-        self.cfg, self.mode, self.run_dir = cfg, mode, run_dir
+        if query not in ("last_block", "all"):
+            raise ConfigError(f"jmlr model for lm-eval: query must be last_block or all, got {query!r}")
+        self.cfg, self.mode, self.run_dir, self.query = cfg, mode, run_dir, query
         wanted = str(device or cfg.run.device).split(":")[0]
         if wanted == "cuda" and not torch.cuda.is_available():
             # lm-eval's command line asks for cuda unless told otherwise
@@ -124,6 +146,7 @@ class JmlrLM(TemplateLM):
         self.add_bos = uses_bos(self.tokenizer) if str(add_bos).lower() == "auto" \
             else str(add_bos).lower() in ("true", "1", "yes")
         self._passages: dict[str, list[str]] = {}
+        self._chat_questions: dict[str, str] = {}     # rendered chat -> its last user message
         if self.n_read > 0:
             from jmlr.evaluation.passages import corpus_texts
             from jmlr.retrieval.backends import backend_for
@@ -166,6 +189,34 @@ class JmlrLM(TemplateLM):
     def tok_decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "jmlr")).replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """``--apply_chat_template``: the generator's own chat template (instruct models)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("jmlr model for lm-eval: the generator's tokenizer has no chat "
+                              "template; leave out --apply_chat_template")
+        rendered = self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        users = [m["content"] for m in chat_history if m.get("role") == "user"]
+        if users:       # few-shot examples are earlier turns: the question is the last one
+            self._chat_questions[rendered] = users[-1]
+        return rendered
+
+    def split(self, context: str) -> tuple[str, str, str]:
+        """(before the question, the question, after it) of a request's context: in a chat
+        rendered by :meth:`apply_chat_template`, the question is in the last user turn."""
+        content = self._chat_questions.get(context)
+        if content and content in context:
+            at = context.rindex(content)
+            head, question = question_part(content, self.query)
+            return context[:at] + head, question, context[at + len(content):]
+        head, question = question_part(context, self.query)
+        return head, question, ""
+
     # ------------------------------------------------------------------ retrieval
 
     def retrieve(self, contexts: Sequence[str]) -> None:
@@ -179,25 +230,28 @@ class JmlrLM(TemplateLM):
             return
         cfg = dataclasses.replace(self.cfg, retriever=dataclasses.replace(
             self.cfg.retriever, query_template=QUERY))
-        questions = [MCQ(f"request{len(self._passages) + i}", c, {}, "") for i, c in enumerate(todo)]
+        questions = [MCQ(f"request{len(self._passages) + i}", self.split(c)[1], {}, "")
+                     for i, c in enumerate(todo)]
         pool = self.backend.search(cfg, questions)
         ranked = rerank(self.scorer, questions, pool, self.corpus, cfg.eval.batch_size,
                         desc="rerank", template=QUERY)
-        for q in questions:
+        for context, q in zip(todo, questions, strict=True):
             ids = ranked[q.id].passage_ids[:self.n_read]
-            self._passages[q.question] = [self.corpus[p] for p in ids]
+            self._passages[context] = [self.corpus[p] for p in ids]
 
     def with_passages(self, context: str, reserve: int) -> str:
-        """``context`` behind its passages, cut to leave ``reserve`` tokens for what follows."""
+        """``context`` with its passages right before the question (after any few-shot
+        examples), cut to leave ``reserve`` tokens for the context and what follows it."""
         found = self._passages.get(context, [])
         if not found:
             return context
+        head, question, tail = self.split(context)
         texts = [" ".join(p.split()) for p in found]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        overhead = len(self.tok_encode(passage_block(["x"] * len(texts)) + context)) - len(texts)
+        overhead = len(self.tok_encode(passage_block(["x"] * len(texts)))) - len(texts)
         caps = fit_lengths([len(i) for i in ids], self.max_len - reserve - overhead)
         kept = [self.tokenizer.decode(i[:cap]) for i, cap in zip(ids, caps, strict=True) if cap]
-        return passage_block(kept) + context
+        return head + passage_block(kept) + question + tail
 
     def _read(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Each (context, continuation) with its context's passages before it."""
