@@ -70,7 +70,7 @@ def harness_config(run: str, config: str, overrides: str) -> tuple[Config, Path]
 
 
 def question_part(context: str, query: str = "last_block") -> tuple[str, str]:
-    """(what comes before the question, the question) of a request's context. With few-shot
+    r"""(what comes before the question, the question) of a request's context. With few-shot
     examples (lm-eval joins them with blank lines) or a task description before it, the
     question is the text after the last blank line; ``query="all"`` takes the whole context.
 
