@@ -307,6 +307,31 @@ STAGES.register("factuality", Stage(
     report="jmlr.evaluation.report:factuality_report"))
 
 
+def _eval_retriever_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beir", required=True, help="a folder in BEIR's layout (corpus.jsonl, "
+                   "queries.jsonl, qrels/<split>.tsv); prepare-demo writes DIR/beir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--run", action="append", default=[], metavar="RUN",
+                   help="a trained run: its final/retriever (repeatable)")
+    p.add_argument("--retriever", action="append", default=[], metavar="NAME=PATH",
+                   help="any ColBERT checkpoint folder (repeatable)")
+    p.add_argument("--top-k", type=int, default=100, help="passages ranked per query")
+    p.add_argument("--out", default=None, help="write the results (JSON, per query too) here")
+
+
+def _eval_retriever(cfg: Config, args: argparse.Namespace) -> None:
+    from jmlr.evaluation.retriever_eval import run_eval_retriever
+
+    run_eval_retriever(cfg, args.beir, args.split, runs=args.run, named=args.retriever,
+                       top_k=args.top_k, out=args.out)
+
+
+STAGES.register("eval-retriever", Stage(
+    help="retrievers side by side on a BEIR/MTEB-layout task: nDCG@10, R@1/10/100, MRR@10",
+    run=_eval_retriever, arguments=_eval_retriever_args,
+    reads=("--beir DIR", "retriever.checkpoint", "RUN/final/retriever"), writes=("--out",)))
+
+
 def _lm_eval(cfg: Config | None, args: argparse.Namespace) -> int:
     try:
         from jmlr.evaluation.harness import run_harness_cli

@@ -18,7 +18,9 @@ from jmlr.data.schema import MCQ
 from jmlr.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
-FILES = ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "kb.jsonl", "README.md")
+FILES = ("corpus.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "kb.jsonl", "README.md", "beir")
+BEIR_FILES = ("beir/corpus.jsonl", "beir/queries.jsonl", "beir/qrels/train.tsv", "beir/qrels/dev.tsv",
+              "beir/qrels/test.tsv")
 SMALL = {"n_diseases": 80, "n_questions": 60}
 
 
@@ -56,6 +58,14 @@ def test_files_and_summary_counts(built, task):
     assert summary["kb_concepts"] == len(task["kb"])
     readme = (out / "README.md").read_text()
     assert summary["hpo_version"] in readme and "attribution" in readme
+    from jmlr.data.beir import read_beir
+
+    beir = read_beir(out / "beir", "test")          # the same task in BEIR's layout
+    assert set(beir.queries) == {q.id for q in task["questions"]["test"] if q.gold_passage_ids}
+    assert all(set(beir.qrels[q.id]) == set(q.gold_passage_ids) for q in task["questions"]["test"])
+    assert len(beir.corpus) == summary["passages"]["total"]
+    assert summary["beir_queries"] == sum(1 for qs in task["questions"].values() for q in qs
+                                          if q.gold_passage_ids)
     assert str(summary["passages"]["total"]) in readme
 
 
@@ -177,7 +187,7 @@ def test_same_seed_gives_identical_files_across_processes(built, tmp_path):
          "--diseases", str(SMALL["n_diseases"]), "--questions", str(SMALL["n_questions"])],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    for name in FILES:
+    for name in [*(f for f in FILES if f != "beir"), *BEIR_FILES]:
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from jmlr.data import demo_folder, hpo, hpo_kb
+from jmlr.data.beir import write_beir
 from jmlr.data.demo_names import TextStyle, family_keys, norm, spelling_key
 from jmlr.data.demo_text import disease_passage_text, rationale_text, readme_text, vignette_text
 from jmlr.data.schema import MCQ, Passage, option_letters
@@ -352,6 +353,7 @@ def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
     for split, mcqs in questions.items():
         counts[split] = write_jsonl(out / f"{split}.jsonl", (q.to_json() for q in mcqs))
     counts["kb"] = write_jsonl(out / "kb.jsonl", kb)
+    counts["beir"] = write_beir(out / "beir", passages + definitions, questions)["queries"]
     summary: dict[str, Any] = {
         "out_dir": str(out), "seed": seed, "hpo_version": onto.version,
         "hpo_license": onto.license or "https://hpo.jax.org/app/license",
@@ -359,7 +361,7 @@ def prepare_demo(out_dir: str | Path, seed: int = 0, n_diseases: int = 600,
         "passages": {"diseases": len(passages), "definitions": len(definitions),
                      "total": counts["corpus"]},
         "questions": {s: counts[s] for s in ("train", "dev", "test")},
-        "kb_concepts": counts["kb"], "kb_scope": kb_scope,
+        "kb_concepts": counts["kb"], "kb_scope": kb_scope, "beir_queries": counts["beir"],
         "reworded_fraction": round(reworded, 4),
         "parameters": {"min_phenotypes": MIN_PHENOTYPES, "passage_phenotypes": PASSAGE_PHENOTYPES,
                        "cluster_size": CLUSTER_SIZE, "near_duplicate": NEAR_DUPLICATE,

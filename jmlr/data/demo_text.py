@@ -216,6 +216,7 @@ byte-identical files; another seed picks other diseases, findings, wordings and 
 | dev.jsonl | {q['dev']} | questions; their answer diseases answer no train question |
 | test.jsonl | {q['test']} | questions; their answer diseases answer no train or dev question |
 | kb.jsonl | {summary['kb_concepts']} | UMLS-subset knowledge base in scispaCy `KnowledgeBase` jsonl format |
+| beir/ | {summary['beir_queries']} queries | the same task in BEIR's layout (`corpus.jsonl`, `queries.jsonl`, `qrels/{{train,dev,test}}.tsv`; queries are the retriever's, question and options) for `jmlr eval-retriever` and other IR tools |
 
 ## How it is built
 - Diseases: OMIM and Orphanet entries with at least {k['min_phenotypes']} most-specific phenotype
