@@ -36,6 +36,14 @@ def _text_field(row: dict[str, Any], key: str, path: Path, line: int, required: 
     return value.strip()
 
 
+def _rows_with_ids(path: Path) -> Iterable[tuple[int, str, dict[str, Any]]]:
+    for line, row in read_jsonl(path):
+        row_id = str(row.get("_id", "")).strip()
+        if not row_id:
+            raise DataError(path, line, "_id", "missing")
+        yield line, row_id, row
+
+
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """``query-id<TAB>corpus-id<TAB>score`` lines after a header (BEIR's layout)."""
     if not path.is_file():
@@ -72,20 +80,12 @@ def read_beir(folder: str | Path, split: str = "test") -> BeirTask:
     qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
     corpus: dict[str, str] = {}
     path = folder / "corpus.jsonl"
-    for line, row in read_jsonl(path):
-        pid = str(row.get("_id", "")).strip()
-        if not pid:
-            raise DataError(path, line, "_id", "missing")
+    for line, pid, row in _rows_with_ids(path):
         text, title = _text_field(row, "text", path, line), _text_field(row, "title", path, line, False)
         corpus[pid] = Passage(pid, text, title or None).full_text
-    queries: dict[str, str] = {}
     path = folder / "queries.jsonl"
-    for line, row in read_jsonl(path):
-        qid = str(row.get("_id", "")).strip()
-        if not qid:
-            raise DataError(path, line, "_id", "missing")
-        if qid in qrels:
-            queries[qid] = _text_field(row, "text", path, line)
+    queries = {qid: _text_field(row, "text", path, line)
+               for line, qid, row in _rows_with_ids(path) if qid in qrels}
     qrels_path = folder / "qrels" / f"{split}.tsv"
     missing_q = sorted(set(qrels) - set(queries))
     if missing_q:
