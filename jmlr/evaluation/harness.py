@@ -136,8 +136,8 @@ class JmlrLM(TemplateLM):
                         resolve_device(cfg.run.device if cfg.run.device != "cuda" else "auto"))
             wanted = cfg.run.device if cfg.run.device != "cuda" else "auto"
         self.device_name = resolve_device(wanted)
-        self.batch_size_per_call = max(1, int(str(batch_size).split(":")[0]) if str(batch_size)
-                                       .split(":")[0].isdigit() else 8)
+        size = str(batch_size).split(":")[0]       # lm-eval may pass "auto" or "auto:4"
+        self.batch_size_per_call = int(size) if size.isdigit() and int(size) > 0 else 8
         self.max_len = int(max_length or cfg.generator.max_length)
         self.n_read = 0 if mode == "none" else int(passages if passages not in (None, "")
                                                    else cfg.jmlr.r_read)
