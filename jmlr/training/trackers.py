@@ -51,7 +51,7 @@ def resolve_trackers(report_to: list[str], key: str = "train.report_to") -> list
     """The trackers to hand accelerate: ``auto`` → TensorBoard if installed; ``none`` or an
     empty list → none; named ones must be installed (ConfigError naming the pip package)."""
     check_report_to(report_to, key)
-    if report_to in (["auto"],):
+    if report_to == ["auto"]:
         return ["tensorboard"] if installed("tensorboard") else []
     if not report_to or report_to == ["none"]:
         return []
