@@ -136,6 +136,25 @@ def research_ranks(cfg: Config, checkpoint: str | Path, questions: Sequence[MCQ]
     return rerank_ranks(cfg, checkpoint, questions, found, corpus)
 
 
+def reindexed_ranks(cfg: Config, checkpoint: str | Path, index_dir: str | Path,
+                    questions: Sequence[MCQ], corpus: Mapping[str, str]) -> Ranks:
+    """Gold ranks when the corpus is indexed again with the trained retriever (its document
+    and query vectors both, as a deployment would serve it) and searched, the new top-N
+    re-scored by it. ``research_ranks`` keeps the old document vectors: ColBERT's query and
+    document encoders share their weights, so training moves both."""
+    import dataclasses
+
+    from jmlr.retrieval.backends import backend_for
+
+    trained = dataclasses.replace(cfg, retriever=dataclasses.replace(
+        cfg.retriever, checkpoint=str(checkpoint), index_dir=str(index_dir)))
+    backend = backend_for(trained)
+    if not backend.index_exists(trained):
+        backend.build_index(trained)
+    found = backend.search(trained, list(questions))
+    return rerank_ranks(trained, checkpoint, questions, found, corpus)
+
+
 def teacher_ranks(cfg: Config, questions: Sequence[MCQ], pools: Mapping[str, Candidates],
                   corpus: Mapping[str, str], top: int = 0) -> Ranks:
     """Gold ranks when the base generator's own utilities (the configured ``jmlr.utility``)
