@@ -49,6 +49,7 @@ from jmlr.config import Config, load_config
 from jmlr.data.schema import MCQ
 from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
+from jmlr.evaluation.scoring import right_pad
 from jmlr.generation.prompts import fit_lengths, uses_bos
 
 log = logging.getLogger(__name__)
@@ -286,12 +287,7 @@ class JmlrLM(TemplateLM):
                 whole = (context + continuation)[-(self.max_len + 1):]
                 seqs.append(whole[:-1])
                 spans.append(len(continuation))
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for row, s in enumerate(seqs):
-                ids[row, :len(s)] = torch.tensor(s)
-                mask[row, :len(s)] = 1
+            ids, mask = right_pad(seqs, pad)
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device),
                                     attention_mask=mask.to(self.device)).logits.float()
