@@ -201,9 +201,17 @@ class JMLRConfig:
     # many (padded) tokens each; 0: one padded forward (best on a GPU). On a CPU, padding is
     # paid in full, so buckets of ~1-2k tokens save the time that varied passage lengths waste.
     utility_tokens_per_forward: int = 0
+    # Each step the retriever also learns from this many earlier questions, by the utilities
+    # cached when they were drawn (jmlr/training/replay.py): exact only while the teacher does
+    # not change, so it needs utility_model=base or a generator that does not train.
+    replay_questions: int = 0
 
     def validate(self, key: str) -> None:
         _require([
+            (self.replay_questions >= 0, "jmlr.replay_questions must be >= 0"),
+            (self.replay_questions == 0 or self.utility_model == "base" or not self.train_generator,
+             "jmlr.replay_questions > 0 replays cached utilities, which stay exact only for a "
+             "teacher that does not train: set jmlr.utility_model=base"),
             (self.k_sample >= 2, "jmlr.k_sample must be at least 2 (the rank loss needs pairs)"),
             (self.r_read >= 0, "jmlr.r_read must be >= 0"),
             (self.tau > 0, "jmlr.tau must be > 0"),

@@ -193,7 +193,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
                utility_encode_fn: EncodeFn | None = None,
                teacher: BaseTeacher | None = None,
                query_template: str = DEFAULT_QUERY_TEMPLATE,
-               utility_fn: UtilityFn | None = None) -> JointStepOutput:
+               utility_fn: UtilityFn | None = None,
+               rank_weight: float = 1.0) -> JointStepOutput:
     """One JMLR step for B questions; ``candidates[b]`` are question b's N passage texts.
 
     ``cfg.train_retriever = False`` is the frozen-retriever RAG baseline: scores without
@@ -211,7 +212,8 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     None: from ``model`` as it is now. ``query_template``: the retriever's query
     (``retriever.query_template``). ``utility_fn``: how a passage's utility is computed
     (``jmlr.utility``, ``training/utilities.py``); None: the answer loss over the utility
-    sequences of ``utility_encode_fn``.
+    sequences of ``utility_encode_fn``. ``rank_weight`` scales this batch's rank term in
+    ``loss`` (the caller adds other rank terms, e.g. replayed questions, with the rest).
     """
     texts = _rectangular(candidates)
     if len(texts) != len(questions):
@@ -276,7 +278,7 @@ def joint_step(questions: Sequence[MCQ], candidates: Sequence[Sequence[str]], *,
     if cfg.train_generator:
         terms.append(gen_loss)
     if cfg.train_retriever:
-        terms.append(cfg.lambda_rank * rank_loss.to(gen_loss.device))
+        terms.append(cfg.lambda_rank * rank_weight * rank_loss.to(gen_loss.device))
     loss = sum(terms) if terms else (gen_loss + cfg.lambda_rank * rank_loss.to(gen_loss.device)).detach()
     n_tokens = utility_tokens + int(gen_batch["attention_mask"].sum())
     return JointStepOutput(loss=loss, gen_loss=gen_loss.detach(), rank_loss=rank_loss.detach(),

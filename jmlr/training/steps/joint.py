@@ -25,9 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from jmlr.errors import ConfigError
-from jmlr.registry import TRAINING_STEPS
+from jmlr.io import write_json
+from jmlr.registry import RANK_OBJECTIVES, TRAINING_STEPS
 from jmlr.training import components as parts
 from jmlr.training.objective import gold_pair_agreement, joint_step
+from jmlr.training.replay import UtilityCache, replay_loss, replay_weight
 from jmlr.training.stats import mean, total
 from jmlr.training.steps.base import StepOutput, TrainingStep
 from jmlr.training.teacher import BaseTeacher, teacher_context
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READING_QUESTIONS = 32      # dev questions of the reading-gain diagnostic
+REPLAY_FILE = "utility_cache.json"      # a checkpoint's cached utilities, per rank
 
 
 @TRAINING_STEPS.register("joint")
@@ -55,6 +58,9 @@ class JointStep(TrainingStep):
                               "nothing to train")
         self.data: parts.TrainingData | None = None
         self.tokenizer: Any = None
+        # The teacher's utilities of the questions seen so far, replayed to the retriever
+        # (jmlr.replay_questions; jmlr/training/replay.py).
+        self.cache = UtilityCache()
 
     # ------------------------------------------------------------ set-up
 
@@ -63,6 +69,7 @@ class JointStep(TrainingStep):
 
     def load_data(self) -> list[MCQ]:
         self.data = parts.load_training_data(self.cfg)
+        self.by_id = {q.id: q for q in self.data.train}
         return self.data.train
 
     def build_models(self) -> dict[str, nn.Module]:
@@ -96,17 +103,28 @@ class JointStep(TrainingStep):
                 sampler: torch.Generator) -> StepOutput:
         assert self.data is not None
         jmlr = self.cfg.jmlr
+        replaying = jmlr.replay_questions > 0 and jmlr.train_retriever
+        replayed = self.cache.draw(jmlr.replay_questions, sampler,
+                                   exclude={q.id for q in questions}) if replaying else []
+        batch_weight, replay_share = replay_weight(len(questions), len(replayed))
         out = joint_step(questions, self.data.candidate_texts(questions),
                          score_fn=models["retriever"].score, model=models["generator"],
                          encode_fn=self.encode, cfg=jmlr, generator=sampler,
                          utility_fn=self.utility,
                          teacher=self.teacher,
                          query_template=self.cfg.retriever.query_template,
-                         max_tokens_per_forward=jmlr.utility_tokens_per_forward or None)
+                         max_tokens_per_forward=jmlr.utility_tokens_per_forward or None,
+                         rank_weight=batch_weight)
+        loss, replay_stats = out.loss, {}
+        if replaying:
+            self.remember(questions, out.sampled, out.utilities, out.baseline)
+            replay, replay_stats = self.replay(models["retriever"], replayed)
+            if replay is not None:
+                loss = loss + jmlr.lambda_rank * replay_share * replay.to(loss.device)
         # Gold pairs (a gold passage against another drawn one), where the questions name
         # gold passages: a diagnostic of the teacher and the retriever, never a training signal.
-        stats = {"loss": mean(float(out.loss.detach())), "gen_loss": mean(float(out.gen_loss)),
-                 "rank_loss": mean(float(out.rank_loss)), **out.rank_stats,
+        stats = {"loss": mean(float(loss.detach())), "gen_loss": mean(float(out.gen_loss)),
+                 "rank_loss": mean(float(out.rank_loss)), **out.rank_stats, **replay_stats,
                  "tokens": total(out.n_tokens)}
         if not bool(out.utilities.isnan().any()):
             gold = self.data.drawn_gold(questions, out.sampled)
@@ -116,7 +134,29 @@ class JointStep(TrainingStep):
             stats.update(gold_pairs=total(gold_pairs),
                          llm_gold_accuracy=mean(llm_right, gold_pairs),
                          retriever_gold_accuracy=mean(retriever_right, gold_pairs))
-        return StepOutput(out.loss, stats)
+        return StepOutput(loss, stats)
+
+    def remember(self, questions: list[MCQ], sampled: Tensor, utilities: Tensor,
+                 baseline: Tensor) -> None:
+        """Cache this batch's utilities by question and passage id (for later replay)."""
+        assert self.data is not None
+        for q, drawn, values, none in zip(questions, sampled.tolist(), utilities.tolist(),
+                                          baseline.tolist(), strict=True):
+            ids = self.data.train_candidates[q.id].passage_ids
+            self.cache.add(q.id, [ids[j] for j in drawn], values, none)
+
+    def replay(self, retriever: nn.Module, question_ids: list[str]) -> tuple[Tensor | None, dict]:
+        """The configured rank objective over cached questions, scored by the retriever now."""
+        assert self.data is not None
+        data, template = self.data, self.cfg.retriever.query_template
+        entry, params = RANK_OBJECTIVES.get(self.cfg.jmlr.objective.name), self.cfg.jmlr.objective.params
+
+        def score(qids: list[str], passage_ids: list[list[str]]) -> Tensor:
+            return retriever.score([self.by_id[q].query(template) for q in qids],
+                                   [[data.passages[p].full_text for p in row] for row in passage_ids])
+
+        return replay_loss(self.cache, question_ids, score,
+                           lambda s, u, b: entry(s, u, params, b))
 
     # ------------------------------------------------------------ around the steps
 
@@ -205,6 +245,11 @@ class JointStep(TrainingStep):
         assert self.data is not None
         if loop.state.candidates_refreshed_at >= 0:
             self.data.train_candidates = parts.read_candidate_file(checkpoint / parts.CANDIDATES_FILE)
+        if (checkpoint / REPLAY_FILE).is_file():
+            import json
+
+            per_rank = json.loads((checkpoint / REPLAY_FILE).read_text())
+            self.cache.load_state_dict(per_rank.get(str(loop.accelerator.process_index), {}))
 
     # ------------------------------------------------------------ saving
 
@@ -222,6 +267,10 @@ class JointStep(TrainingStep):
             data = self.data
             found[parts.CANDIDATES_FILE] = lambda path: parts.write_candidate_file(
                 path, data.train_candidates)
+        if self.cfg.jmlr.replay_questions > 0:
+            # every rank calls exporters: each rank's cache, gathered for the main process
+            caches = parts.gather([(loop.accelerator.process_index, self.cache.state_dict())])
+            found[REPLAY_FILE] = lambda path: write_json(path, {str(r): c for r, c in caches})
         return found
 
     def export_final(self, models: Mapping[str, nn.Module], folder: Path) -> None:
