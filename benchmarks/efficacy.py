@@ -49,6 +49,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default=str(common.REPO_ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--set", action="append", default=[], metavar="section.key=value",
                         help="a setting of both runs (repeatable)")
+    parser.add_argument("--joint-set", action="append", default=[], metavar="section.key=value",
+                        help="a setting of the joint runs only (repeatable); with --variant")
+    parser.add_argument("--variant", default="",
+                        help="name of the joint runs' settings: their folders are joint-VARIANT-"
+                        "seedN, while the frozen runs (whose retriever never trains) are shared")
     parser.add_argument("--ceiling-questions", type=int, default=30,
                         help="test questions on which the teacher's ceiling is measured")
     parser.add_argument("--ceiling-top", type=int, default=10,
@@ -116,11 +121,13 @@ def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str
     from jmlr.evaluation.mcq import run_evaluate
     from jmlr.training.loop import run_train
 
-    run_dir = task["root"] / f"{kind}-seed{seed}"
+    variant = f"-{args.variant}" if kind == "joint" and args.variant else ""
+    run_dir = task["root"] / f"{kind}{variant}-seed{seed}"
     done = run_dir / "measured.json"
+    extra = FROZEN if kind == "frozen" else args.joint_set
     if done.is_file():
-        return with_reindexed(args, task, kind, run_dir, json.loads(done.read_text()))
-    cfg = task_config(args, task["data"], run_dir, seed, *(FROZEN if kind == "frozen" else []))
+        return with_reindexed(args, task, kind, run_dir, json.loads(done.read_text()), extra)
+    cfg = task_config(args, task["data"], run_dir, seed, *extra)
     # Dev retrieval is measured after training below; --dev-curve adds the loop's own dev
     # passes (recall, reading gain) before and after training, minutes per run on a CPU.
     cfg.train.eval_every = cfg.train.max_steps if args.dev_curve else -1
@@ -151,10 +158,10 @@ def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str
 
 
 def with_reindexed(args: argparse.Namespace, task: dict[str, Any], kind: str, run_dir: Path,
-                   result: dict[str, Any]) -> dict[str, Any]:
+                   result: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     """A run measured before the re-indexed search existed gets it now (and keeps it)."""
     if "test_reindexed" not in result["ranks"]:
-        cfg = task_config(args, task["data"], run_dir, result["seed"])
+        cfg = task_config(args, task["data"], run_dir, result["seed"], *extra)
         result["ranks"]["test_reindexed"] = task["untrained"]["test"] if kind == "frozen" else \
             em.reindexed_ranks(cfg, run_dir / "final" / "retriever", run_dir / "index-trained",
                                task["splits"]["test"], task["corpus"])
@@ -236,6 +243,7 @@ def main() -> int:
         args.eval_limit = args.eval_limit or 24
         args.ceiling_questions = min(args.ceiling_questions, 12)
     results: dict[str, Any] = {"settings": {"config": args.config, "set": args.set, "seeds": seeds,
+                                            "variant": args.variant, "joint_set": args.joint_set,
                                             "tasks": tasks, "ceiling_questions": args.ceiling_questions,
                                             "eval_limit": args.eval_limit},
                                "tasks": {}, "runs": {}}
