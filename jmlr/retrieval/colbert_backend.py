@@ -165,19 +165,22 @@ def run_index(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     from jmlr.data import load_corpus_from_config
     from jmlr.data.corpus import corpus_fingerprint
     from jmlr.resources import resolve_location
-    from jmlr.retrieval import colbert, plaid
+    from jmlr.retrieval import colbert, index_ranks, plaid
 
     index_dir = cfg.index_dir.expanduser().resolve()
     plaid.check_can_build(index_dir, overwrite)   # before any slow step
+    ranks = index_ranks.join()         # several processes under accelerate launch
     passages = load_corpus_from_config(cfg.data)
     checkpoint = colbert.prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim,
                                             cfg.run.cache_dir)
     corpus_path = str(resolve_location(cfg.data.corpus, "data.corpus").resolve())
     manifest = plaid.build_index(checkpoint, passages, index_dir, _settings(cfg), corpus_path,
-                                 corpus_fingerprint(passages), overwrite=overwrite)
+                                 corpus_fingerprint(passages), overwrite=overwrite, ranks=ranks)
     _OPEN.clear()
-    print(f"indexed {len(passages)} passages in {manifest['build_seconds']:.1f} s "
-          f"({manifest['passages_per_second']:.1f} passages/s) -> {index_dir}")
+    if ranks.rank == 0:
+        print(f"indexed {len(passages)} passages in {manifest['build_seconds']:.1f} s "
+              f"({manifest['passages_per_second']:.1f} passages/s, {ranks.world} process(es)) "
+              f"-> {index_dir}")
     return manifest
 
 

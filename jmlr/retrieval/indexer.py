@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -129,9 +130,15 @@ class TorchKMeansIndexer(cb.CollectionIndexer):
             self.phase_seconds[name] = time.perf_counter() - started
 
     def run(self, shared_lists: Any) -> None:
+        """colbert's four phases with the build's own barrier between them (colbert's names a
+        CUDA device; this one works for CPU processes and for none)."""
         self.phase_seconds = {}
         self.saver = _Saver(self.config)
-        super().run(shared_lists)
+        with torch.inference_mode():
+            for phase in (self.setup, lambda: self.train(shared_lists), self.index, self.finalize):
+                phase()
+                if self.nranks > 1:
+                    torch.distributed.barrier()
         if isinstance(self.encoder, _ReusingEncoder):
             self.phase_seconds.update(sample_encoding=self.encoder.sample_seconds,
                                       index_encoding=self.encoder.index_seconds)
@@ -153,9 +160,25 @@ class TorchKMeansIndexer(cb.CollectionIndexer):
             super().finalize()
 
     def _sample_embeddings(self, sampled_pids: set[int]) -> float:
-        if self.nranks == 1:
-            self.encoder = _ReusingEncoder(self.encoder)
-        return super()._sample_embeddings(sampled_pids)
+        """colbert's step, with its collectives among the build's own processes only: colbert
+        all-reduces whenever a process group exists, which hangs a build that runs on one
+        process of a larger job (the trainer re-indexing on its main process). Each process
+        keeps the vectors of its own sampled passages for its indexing pass
+        (``_ReusingEncoder``): colbert gives a process the same chunks in both passes."""
+        self.encoder = _ReusingEncoder(self.encoder)
+        local = [passage for pid, passage in self.collection.enumerate(rank=self.rank)
+                 if pid in sampled_pids]
+        embs, doclens = self.encoder.encode_passages(local)
+        counts = torch.tensor([float(embs.size(0) if embs is not None else 0),
+                               sum(doclens) / len(doclens) if doclens else 0.0,
+                               float(bool(local))], dtype=torch.float64)
+        if self.nranks > 1:
+            torch.distributed.all_reduce(counts)
+        self.num_sample_embs = torch.tensor([int(counts[0])])
+        self.avg_doclen_est = float(counts[1] / counts[2])
+        sample = embs.half() if embs is not None else torch.empty(0, self.config.dim).half()
+        torch.save(sample, os.path.join(self.config.index_path_, f"sample.{self.rank}.pt"))
+        return self.avg_doclen_est
 
     def _train_kmeans(self, sample: torch.Tensor, shared_lists: Any) -> torch.Tensor:
         device = "cuda" if self.use_gpu else "cpu"

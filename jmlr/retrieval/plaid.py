@@ -39,8 +39,9 @@ import torch
 
 from jmlr.data.schema import Passage
 from jmlr.errors import ConfigError
-from jmlr.io import building_folder, file_sha256, write_json
+from jmlr.io import file_sha256, write_json
 from jmlr.retrieval import colbert as cb
+from jmlr.retrieval import index_ranks
 from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.indexer import TorchKMeansIndexer
 
@@ -99,10 +100,13 @@ def check_can_build(index_dir: Path, overwrite: bool) -> None:
 
 def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
                 settings: IndexSettings, corpus_path: str, fingerprint: str,
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, ranks: index_ranks.Ranks | None = None) -> dict[str, Any]:
     """Build the PLAID index of ``passages`` (their ``full_text``) into ``index_dir``.
 
-    Returns the manifest. The folder appears only when the build is complete.
+    Returns the manifest. The folder appears only when the build is complete. ``ranks``: the
+    processes that build it together (``index_ranks.join()`` under ``accelerate launch
+    --num_processes N -m jmlr index``), each encoding its share of the passages; every one of
+    them calls this and gets the manifest. None: this process alone.
     """
     if not passages:
         raise ConfigError("the corpus is empty: nothing to index")
@@ -111,52 +115,69 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint.resolve()
     dim = cb.checkpoint_dim(checkpoint)
+    ranks = ranks or index_ranks.Ranks()
+    rank, world = ranks.rank, ranks.world
     started = time.perf_counter()
-    with building_folder(index_dir) as tmp:
+    manifest: dict[str, Any] = {}
+    with ranks.building_folder(index_dir) as tmp:
         config = cb.ColBERTConfig.from_existing(
             cb.ColBERTConfig.load_from_checkpoint(str(checkpoint)),
             cb.colbert_config_for(
                 checkpoint, doc_maxlen=settings.doc_maxlen, query_maxlen=settings.query_maxlen,
                 nbits=settings.nbits, kmeans_niters=settings.kmeans_niters,
                 index_bsize=settings.batch_size, index_path=str(tmp), index_name=index_dir.name,
-                nranks=1, rank=0, resume=False, avoid_fork_if_possible=True))
+                nranks=world, rank=rank, resume=False, avoid_fork_if_possible=True))
         texts = [p.full_text for p in passages]
-        log.info("indexing %d passages with %s (dim %d, doc_maxlen %d, nbits %d) into %s",
-                 len(texts), checkpoint, dim, settings.doc_maxlen, settings.nbits, index_dir)
+        log.log(logging.INFO if rank == 0 else logging.DEBUG,
+                "indexing %d passages with %s (dim %d, doc_maxlen %d, nbits %d) into %s in %d "
+                "process(es)", len(texts), checkpoint, dim, settings.doc_maxlen, settings.nbits,
+                index_dir, world)
         with _seeded(settings.seed), cb.quiet_colbert(), \
                 cb.Run().context(config, inherit_config=False):
             indexer = TorchKMeansIndexer(config, cb.Collection(data=texts), verbose=1)
             indexer.seed = settings.seed
             indexer.run(shared_lists=[])
         seconds = time.perf_counter() - started
-        colbert_meta = json.loads((tmp / "metadata.json").read_text(encoding="utf-8"))
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "build_id": f"{fingerprint[:12]}-{int(time.time() * 1000):x}",
-            "checkpoint": {"path": str(checkpoint), "sha256": folder_sha256(checkpoint),
-                           "dim": dim},
-            "corpus": {"path": corpus_path, "fingerprint": fingerprint,
-                       "n_passages": len(texts)},
-            "settings": asdict(settings),
-            "num_partitions": colbert_meta.get("num_partitions"),
-            "num_embeddings": colbert_meta.get("num_embeddings"),
-            "build_seconds": round(seconds, 3),
-            # the k-means sample's vectors are reused, so most passages are encoded once
-            "passages_encoded": getattr(indexer.encoder, "encoded", None),
-            "phase_seconds": {k: round(v, 3) for k, v in indexer.phase_seconds.items()},
-            "passages_per_second": round(len(texts) / max(seconds, 1e-9), 2),
-            "device": "cuda" if config.total_visible_gpus > 0 else "cpu",
-            "colbert_ai": metadata.version("colbert-ai"),
-        }
-        write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
-        write_collection(tmp / COLLECTION, texts)
-        point_metadata_at(tmp, index_dir, checkpoint)
-        manifest["files"] = file_record(tmp)    # what check_files compares before a search
-        write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
-    log.info("index built in %.1f s (%.1f passages/s): %s", seconds,
-             manifest["passages_per_second"], index_dir)
+        encoded = int(ranks.total(getattr(indexer.encoder, "encoded", 0)))
+        if rank == 0:
+            manifest = _manifest(tmp, checkpoint, dim, corpus_path, fingerprint, settings, texts,
+                                 seconds, encoded, indexer, config, world)
+            write_json(tmp / PASSAGE_IDS, [p.id for p in passages])
+            write_collection(tmp / COLLECTION, texts)
+            point_metadata_at(tmp, index_dir, checkpoint)
+            manifest["files"] = file_record(tmp)    # what check_files compares before a search
+            write_json(tmp / MANIFEST, manifest)  # last: marks the build complete
+    manifest = ranks.broadcast(manifest)
+    if rank == 0:
+        log.info("index built in %.1f s (%.1f passages/s): %s", manifest["build_seconds"],
+                 manifest["passages_per_second"], index_dir)
     return manifest
+
+
+def _manifest(tmp: Path, checkpoint: Path, dim: int, corpus_path: str, fingerprint: str,
+              settings: IndexSettings, texts: Sequence[str], seconds: float, encoded: int,
+              indexer: TorchKMeansIndexer, config: Any, world: int) -> dict[str, Any]:
+    colbert_meta = json.loads((tmp / "metadata.json").read_text(encoding="utf-8"))
+    return {
+        "format": MANIFEST_FORMAT,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_id": f"{fingerprint[:12]}-{int(time.time() * 1000):x}",
+        "checkpoint": {"path": str(checkpoint), "sha256": folder_sha256(checkpoint), "dim": dim},
+        "corpus": {"path": corpus_path, "fingerprint": fingerprint, "n_passages": len(texts)},
+        "settings": asdict(settings),
+        "num_partitions": colbert_meta.get("num_partitions"),
+        "num_embeddings": colbert_meta.get("num_embeddings"),
+        "build_seconds": round(seconds, 3),
+        # the k-means sample's vectors are reused, so most passages are encoded once
+        "passages_encoded": encoded,
+        # the main process's phases (the others wait for it at the barriers between them)
+        "phase_seconds": {k: round(v, 3) for k, v in indexer.phase_seconds.items()},
+        "passages_per_second": round(len(texts) / max(seconds, 1e-9), 2),
+        "processes": world,
+        "device": "cuda" if config.total_visible_gpus > 0 else "cpu",
+        "colbert_ai": metadata.version("colbert-ai"),
+    }
+
 
 
 def tsv_text(text: str) -> str:
