@@ -56,6 +56,7 @@ from jmlr.training.runtime import (
     stop_on_signals,
     total_optimizer_steps,
 )
+from jmlr.training.sharded import ExportCopies
 from jmlr.training.stats import Stat, combine, finalize
 from jmlr.training.steps.base import ModelSet, TrainingStep
 
@@ -80,6 +81,7 @@ class TrainRecipe:
         self.last_row: dict[str, Any] = {}
         self.stopped_by: str | None = None      # the signal that ended training early
         self.lock = contextlib.ExitStack()        # the run folder's lock, once taken
+        self.copies = ExportCopies(self.step.export_copies)   # used under FSDP / ZeRO-3 only
 
     # ------------------------------------------------------------------ 1. setup
 
@@ -310,6 +312,12 @@ class TrainRecipe:
         """The step's models by name, outside any distributed wrapper."""
         return self.accelerator.unwrap_model(self.model).as_dict()
 
+    def export_models(self) -> dict[str, torch.nn.Module]:
+        """The models to save or search with on the main process: the unwrapped ones, or
+        under FSDP / ZeRO-3 unsharded copies holding the gathered weights
+        (``training/sharded.py``). Every rank must call it."""
+        return self.copies.models(self.accelerator, self.model, self.unwrapped_models())
+
     def evaluate_dev(self) -> dict[str, Any]:
         """The step's dev metrics, logged as a ``split: dev`` row (every rank calls this)."""
         metrics = self.step.evaluate(self)
@@ -324,7 +332,7 @@ class TrainRecipe:
     # ------------------------------------------------------------------ 3. save, export
 
     def save_checkpoint(self) -> Path:
-        exporters = self.step.exporters(self.unwrapped_models(), self)
+        exporters = self.step.exporters(self.export_models(), self)
         self.saved_at = self.state.step
         return ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, model=self.model,
                                     optimizer=self.optimizer, scheduler=self.scheduler,
@@ -339,9 +347,10 @@ class TrainRecipe:
             if self.saved_at != st.step:
                 self.save_checkpoint()
         checksums = parts.gather([parts.checksums(self.unwrapped_models(), acc)])
+        models = self.export_models() if not st.interrupted else {}
         if not st.interrupted and self.main:
             with building_folder(self.run_dir / "final") as tmp:
-                self.step.export_final(self.unwrapped_models(), tmp)
+                self.step.export_final(models, tmp)
             log.info("exported %s to %s", ", ".join(self.unwrapped_models()), self.run_dir / "final")
         weights = [{k: v for k, v in c.items() if k != "rank"} for c in checksums]
         in_sync = (all(w == weights[0] for w in weights)

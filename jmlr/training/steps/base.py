@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from jmlr.errors import ConfigError
 from jmlr.training.stats import Stat
 
 if TYPE_CHECKING:
@@ -128,6 +129,13 @@ class TrainingStep:
         Default: each training model in its own format."""
         return {name: (lambda path, n=name, m=model: self.save_model(n, m, path))
                 for name, model in models.items() if name in self.learning_rates()}
+
+    def export_copies(self) -> dict[str, nn.Module]:
+        """Fresh, unsharded instances of :meth:`build_models`'s models (same names, same
+        structure, no side effects on the step): under FSDP / DeepSpeed ZeRO-3 the main
+        process loads the gathered weights into them to export (``training/sharded.py``)."""
+        raise ConfigError(f"training step {self.cfg.train.step!r} cannot export its models "
+                          "when the parameters are sharded (FSDP, DeepSpeed): run it under DDP")
 
     def export_final(self, models: Mapping[str, nn.Module], folder: Path) -> None:
         """``RUN/final``: every model, each in ``folder/<name>`` (main process)."""

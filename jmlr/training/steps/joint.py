@@ -85,6 +85,10 @@ class JointStep(TrainingStep):
         self.teacher = self.base if self.cfg.jmlr.utility_model == "base" else None
         return {"generator": generator, "retriever": retriever}
 
+    def export_copies(self) -> dict[str, nn.Module]:
+        generator, _ = parts.load_generator_for_training(self.cfg)
+        return {"generator": generator, "retriever": parts.load_retriever_for_training(self.cfg)}
+
     def learning_rates(self) -> dict[str, float]:
         train, jmlr = self.cfg.train, self.cfg.jmlr
         rates = {}
@@ -170,8 +174,9 @@ class JointStep(TrainingStep):
         if not refresh or step >= loop.total_steps:
             return
         new = None
+        models = loop.export_models()           # collective when the weights are sharded
         if loop.main:
-            retriever = loop.unwrapped_models()["retriever"]
+            retriever = models["retriever"]
             with torch.no_grad(), eval_mode(retriever):
                 if reindex:
                     st.index_dir = parts.reindex(self.cfg, retriever, loop.run_dir)
