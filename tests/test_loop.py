@@ -389,6 +389,8 @@ def test_report_to_tensorboard_writes_event_files_in_the_run_folder(task, tmp_pa
     ("train.report_to=[aim]", {}, "train.report_to: aim not installed (pip install aim)"),
     ("train.grad_accum=1", {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "8"},
      "the accelerate launch config sets gradient_accumulation_steps 8 but train.grad_accum is 1"),
+    ("train.max_grad_norm=0.5", {"ACCELERATE_GRADIENT_CLIPPING": "1.0"},
+     "the accelerate launch config sets gradient_clipping 1.0 but train.max_grad_norm is 0.5"),
 ])
 def test_a_missing_tracker_or_a_launch_accumulation_that_disagrees_stops_before_anything_loads(
         task, tmp_path, run_cli, monkeypatch, setting, env, fragment):

@@ -69,6 +69,25 @@ def check_accumulation(grad_accum: int, launched: str | None) -> None:
             "(train.grad_accum is the one the loop counts) or make the two equal")
 
 
+def check_clipping(max_grad_norm: float, launched: str | None) -> None:
+    """``train.max_grad_norm`` is the one clipping setting. DeepSpeed clips by its own config's
+    ``gradient_clipping`` (``ACCELERATE_GRADIENT_CLIPPING`` once launched) and ignores the
+    loop's clip; stop at start when the two disagree ("auto" or "none": not set).
+
+    >>> check_clipping(1.0, None); check_clipping(1.0, "1.0"); check_clipping(0.5, "auto")
+    >>> check_clipping(0.5, "1.0")
+    Traceback (most recent call last):
+    jmlr.errors.ConfigError: the accelerate launch config sets gradient_clipping 1.0 but train.max_grad_norm is 0.5: make the two equal (DeepSpeed clips by its config, not by the loop)
+    """
+    if launched is None or launched.strip().lower() in ("auto", "none", ""):
+        return
+    if abs(float(launched) - max_grad_norm) > 1e-12:
+        raise ConfigError(
+            f"the accelerate launch config sets gradient_clipping {launched} but "
+            f"train.max_grad_norm is {max_grad_norm}: make the two equal (DeepSpeed clips by "
+            "its config, not by the loop)")
+
+
 def make_accelerator(cfg: Config, run_dir: Path) -> Any:
     """The Accelerator for this run: device from ``run.device``, precision from
     ``train.mixed_precision``, accumulation from ``train.grad_accum``. The distributed setup
@@ -77,6 +96,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Any:
     from accelerate.utils import DistributedDataParallelKwargs
 
     check_accumulation(cfg.train.grad_accum, os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS"))
+    check_clipping(cfg.train.max_grad_norm, os.environ.get("ACCELERATE_GRADIENT_CLIPPING"))
     trackers = resolve_trackers(cfg.train.report_to)
     on_cuda = resolve_device(cfg.run.device) == "cuda"
     bf16 = on_cuda and torch.cuda.is_bf16_supported()
