@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from jmlr.evaluation.harness import JmlrLM, passage_block  # noqa: E402
+from jmlr.evaluation.harness import JmlrLM, passage_block, write_mcq_task  # noqa: E402
 from jmlr.generation import prompts  # noqa: E402
 from tests.test_loop import task, train  # noqa: E402,F401  (the tiny task with mined candidates)
 
@@ -19,19 +19,7 @@ TASK = "jmlr_tiny_mcq"
 
 
 def write_task(folder: Path, questions) -> Path:
-    """A multiple-choice task in lm-eval's YAML over a jsonl written here: the prompt is
-    jmlr's (question, options, "Answer:"), the choices are the letters (" A" after it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": prompts.build_prompt(q, []), "letters": list(q.options),
-             "answer_index": list(q.options).index(q.answer)} for q in questions]
-    data = folder / "questions.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / f"{TASK}.yaml").write_text(
-        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
-        "doc_to_choice: letters\ndoc_to_target: answer_index\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-    return folder
+    return write_mcq_task(folder, questions, TASK)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +99,7 @@ def test_few_shot_and_chat_template_through_the_harness(task, tmp_path):  # noqa
 
     task_dir = write_task(tmp_path / "tasks", task.dev)
     text = (task_dir / f"{TASK}.yaml").read_text()
-    data = task_dir / "questions.jsonl"
+    data = (task_dir / f"{TASK}.jsonl").resolve()
     (task_dir / f"{TASK}.yaml").write_text(text.replace(
         f"    test: {data}\n", f"    test: {data}\n    train: {data}\n") + "training_split: train\n")
     lm = JmlrLM(config=str(task.config_path), mode="frozen", passages=1)

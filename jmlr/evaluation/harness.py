@@ -340,6 +340,31 @@ class JmlrLM(TemplateLM):
         return out
 
 
+def write_mcq_task(folder: str | Path, questions: Sequence[MCQ], name: str) -> Path:
+    """An lm-eval multiple-choice task over ``questions`` in ``folder`` (``NAME.yaml`` and the
+    jsonl it reads), with ``jmlr``'s own prompt (question, options, "Answer:") and the letters
+    as choices (" B" after it): what ``jmlr evaluate`` scores by letter, asked through the
+    harness. Returns the folder, for lm-eval's ``--include_path``."""
+    import json
+
+    from jmlr.generation import prompts
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (folder / f"{name}.jsonl").resolve()
+    data.write_text("".join(json.dumps({
+        "id": q.id, "prompt": prompts.build_prompt(q, []), "letters": list(q.options),
+        "answer_index": list(q.options).index(q.answer)}) + "\n" for q in questions),
+        encoding="utf-8")
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
+        "doc_to_choice: letters\ndoc_to_target: answer_index\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
+        encoding="utf-8")
+    return folder
+
+
 @dataclasses.dataclass
 class _Request:
     """What ``TemplateLM.loglikelihood`` reads of an lm-eval Instance: its ``args``."""
