@@ -8,7 +8,7 @@ both. Printed: each side's accuracy with its predicted-letter distribution, the 
 questions where they predict the same letter, and the largest difference between the two
 log-probabilities of a letter.
 
-    python -m benchmarks.harness_agreement            # the demo's 100 test questions
+    python -m benchmarks.harness_agreement            # all the demo's test questions (90)
     python -m benchmarks.harness_agreement --quick    # the first 20
 """
 
