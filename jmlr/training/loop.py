@@ -53,6 +53,7 @@ from jmlr.training.runtime import (
     flat_config,
     lock_run_folder,
     make_accelerator,
+    progress_fields,
     stop_on_signals,
     total_optimizer_steps,
 )
@@ -379,21 +380,6 @@ class TrainRecipe:
         acc.wait_for_everyone()
         acc.end_training()
         return summary
-
-
-def progress_fields(row: dict[str, Any]) -> dict[str, str]:
-    """The progress bar's postfix: loss, the rank loss and accuracy when the step logs them,
-    throughput.
-
-    >>> progress_fields({"loss": 1.5, "rank_accuracy": None, "tokens_per_s": 9.6})
-    {'loss': '1.5000', 'tok_s': '10'}
-    """
-    fields = {}
-    for key, label, spec in (("loss", "loss", ".4f"), ("rank_loss", "rank", ".4f"),
-                             ("rank_accuracy", "acc", ".2f"), ("tokens_per_s", "tok_s", ".0f")):
-        if isinstance(row.get(key), int | float):
-            fields[label] = format(row[key], spec)
-    return fields
 
 
 def run_train(cfg: Config, resume: bool = False) -> dict[str, Any]:

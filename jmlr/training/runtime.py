@@ -288,3 +288,18 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def progress_fields(row: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's postfix: loss, the rank loss and accuracy when the step logs them,
+    throughput.
+
+    >>> progress_fields({"loss": 1.5, "rank_accuracy": None, "tokens_per_s": 9.6})
+    {'loss': '1.5000', 'tok_s': '10'}
+    """
+    fields = {}
+    for key, label, spec in (("loss", "loss", ".4f"), ("rank_loss", "rank", ".4f"),
+                             ("rank_accuracy", "acc", ".2f"), ("tokens_per_s", "tok_s", ".0f")):
+        if isinstance(row.get(key), int | float):
+            fields[label] = format(row[key], spec)
+    return fields
