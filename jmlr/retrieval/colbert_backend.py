@@ -165,11 +165,12 @@ def run_index(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     from jmlr.data import load_corpus_from_config
     from jmlr.data.corpus import corpus_fingerprint
     from jmlr.resources import resolve_location
-    from jmlr.retrieval import colbert, index_ranks, plaid
+    from jmlr.retrieval import colbert, plaid
+    from jmlr.training.distributed import ProcessRanks
 
     index_dir = cfg.index_dir.expanduser().resolve()
     plaid.check_can_build(index_dir, overwrite)   # before any slow step
-    ranks = index_ranks.join()         # several processes under accelerate launch
+    ranks = ProcessRanks(cfg.run.device)   # several processes under accelerate launch
     passages = load_corpus_from_config(cfg.data)
     checkpoint = colbert.prepare_checkpoint(cfg.retriever.checkpoint, cfg.retriever.dim,
                                             cfg.run.cache_dir)

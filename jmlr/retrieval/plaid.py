@@ -44,6 +44,7 @@ from jmlr.retrieval import colbert as cb
 from jmlr.retrieval import index_ranks
 from jmlr.retrieval.folders import folder_sha256
 from jmlr.retrieval.indexer import TorchKMeansIndexer
+from jmlr.training.distributed import ProcessRanks
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def check_can_build(index_dir: Path, overwrite: bool) -> None:
 
 def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
                 settings: IndexSettings, corpus_path: str, fingerprint: str,
-                overwrite: bool = False, ranks: index_ranks.Ranks | None = None) -> dict[str, Any]:
+                overwrite: bool = False, ranks: ProcessRanks | None = None) -> dict[str, Any]:
     """Build the PLAID index of ``passages`` (their ``full_text``) into ``index_dir``.
 
     Returns the manifest. The folder appears only when the build is complete. ``ranks``: the
-    processes that build it together (``index_ranks.join()`` under ``accelerate launch
+    processes that build it together (``ProcessRanks()`` under ``accelerate launch
     --num_processes N -m jmlr index``), each encoding its share of the passages; every one of
     them calls this and gets the manifest. None: this process alone.
     """
@@ -115,11 +116,11 @@ def build_index(checkpoint: Path, passages: Sequence[Passage], index_dir: Path,
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint.resolve()
     dim = cb.checkpoint_dim(checkpoint)
-    ranks = ranks or index_ranks.Ranks()
+    ranks = ranks or ProcessRanks.alone()
     rank, world = ranks.rank, ranks.world
     started = time.perf_counter()
     manifest: dict[str, Any] = {}
-    with ranks.building_folder(index_dir) as tmp:
+    with index_ranks.shared_building_folder(ranks, index_dir) as tmp:
         config = cb.ColBERTConfig.from_existing(
             cb.ColBERTConfig.load_from_checkpoint(str(checkpoint)),
             cb.colbert_config_for(
