@@ -36,6 +36,7 @@ from torch import nn
 
 from jmlr.errors import ConfigError
 from jmlr.io import apply_umask, publish_folder, write_json
+from jmlr.training.distributed import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def load_trainable(model: nn.Module, path: Path) -> int:
 
 
 def _optimizer_is_sharded(accelerator: Any) -> bool:
-    return str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
+    return is_sharded(accelerator)
 
 
 def save_checkpoint(accelerator: Any, run_dir: Path, state: TrainState, *, model: nn.Module,

@@ -20,6 +20,7 @@ from torch import nn
 from jmlr.config import Config
 from jmlr.data.schema import MCQ, Candidates, Passage, read_candidates, write_candidates
 from jmlr.errors import ConfigError, UserError
+from jmlr.training.distributed import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ def checksums(models: dict[str, nn.Module], accelerator: Any) -> dict[str, Any]:
     frozen model): equal on every rank when ranks stayed in sync. None where the backend
     shards weights (each rank holds a different part)."""
     row: dict[str, Any] = {"rank": accelerator.process_index}
-    sharded = str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
+    sharded = is_sharded(accelerator)
     for name, model in models.items():
         params = list(model.named_parameters())
         chosen = [(n, p) for n, p in params if p.requires_grad] or params

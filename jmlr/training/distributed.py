@@ -12,6 +12,16 @@ from typing import Any
 import torch
 
 
+def is_sharded(accelerator: Any) -> bool:
+    """Whether each process holds only a shard of the parameters (FSDP, DeepSpeed).
+
+    >>> class Acc: distributed_type = "DistributedType.FSDP"
+    >>> is_sharded(Acc())
+    True
+    """
+    return str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
+
+
 class ProcessRanks:
     """Rank and world size under ``accelerate launch`` / ``torchrun`` (or 0 of 1 alone),
     with a barrier. The process group is created here, on first use, never at import."""

@@ -23,11 +23,7 @@ import torch
 from torch import nn
 
 from jmlr.training.checkpoint import clean_name
-
-
-def is_sharded(accelerator: Any) -> bool:
-    """Whether each process holds only a shard of the parameters (FSDP, DeepSpeed)."""
-    return str(accelerator.distributed_type).upper().endswith(("FSDP", "DEEPSPEED"))
+from jmlr.training.distributed import is_sharded
 
 
 def split_state(full_state: Mapping[str, torch.Tensor], names: list[str]

@@ -15,6 +15,7 @@ retrieval metrics, and the exports ``final/generator`` (peft adapters) and
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Callable, Mapping
@@ -251,8 +252,6 @@ class JointStep(TrainingStep):
         if loop.state.candidates_refreshed_at >= 0:
             self.data.train_candidates = parts.read_candidate_file(checkpoint / parts.CANDIDATES_FILE)
         if (checkpoint / REPLAY_FILE).is_file():
-            import json
-
             per_rank = json.loads((checkpoint / REPLAY_FILE).read_text())
             self.cache.load_state_dict(per_rank.get(str(loop.accelerator.process_index), {}))
 
