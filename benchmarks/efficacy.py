@@ -65,6 +65,11 @@ def parse_args() -> argparse.Namespace:
                         help="also score accuracy by debiased letters (one forward per option)")
     parser.add_argument("--eval-limit", type=int, default=0,
                         help="test questions for accuracy (0: all)")
+    parser.add_argument("--teacher-utilities", type=int, default=0, metavar="N",
+                        help="write the base teacher's utilities of the first N training "
+                        "questions once per task (jmlr utilities) and start the joint runs' "
+                        "replay from them (jmlr.teacher_utilities; needs --joint-set "
+                        "jmlr.replay_questions=M)")
     parser.add_argument("--name", default="efficacy", help="results file name")
     return parser.parse_args()
 
@@ -112,8 +117,16 @@ def prepare_task(args: argparse.Namespace, name: str, spec: dict[str, int]) -> d
         result = {s: em.rerank_ranks(cfg, None, qs, pools[s], corpus) for s, qs in splits.items()}
         result["ceiling"] = em.teacher_ranks(cfg, subset, pools["test"], corpus, args.ceiling_top)
         measured.write_text(json.dumps(result))
+    teacher = []
+    if args.teacher_utilities > 0:
+        from jmlr.training.teacher_file import run_teacher_utilities
+
+        path = root / "teacher" / "train.utilities.jsonl"
+        run_teacher_utilities(task_config(args, data, root / "mine", 0, *args.joint_set),
+                              limit=args.teacher_utilities, out=path)
+        teacher = [f"jmlr.teacher_utilities={path}"]
     return {"root": root, "data": data, "corpus": corpus, "splits": splits, "pools": pools,
-            "untrained": json.loads(measured.read_text())}
+            "untrained": json.loads(measured.read_text()), "joint_set": [*args.joint_set, *teacher]}
 
 
 def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str) -> dict[str, Any]:
@@ -124,7 +137,7 @@ def run_one(args: argparse.Namespace, task: dict[str, Any], seed: int, kind: str
     variant = f"-{args.variant}" if kind == "joint" and args.variant else ""
     run_dir = task["root"] / f"{kind}{variant}-seed{seed}"
     done = run_dir / "measured.json"
-    extra = FROZEN if kind == "frozen" else args.joint_set
+    extra = FROZEN if kind == "frozen" else task["joint_set"]
     if done.is_file():
         return with_reindexed(args, task, kind, run_dir, json.loads(done.read_text()), extra)
     cfg = task_config(args, task["data"], run_dir, seed, *extra)
@@ -244,6 +257,7 @@ def main() -> int:
         args.ceiling_questions = min(args.ceiling_questions, 12)
     results: dict[str, Any] = {"settings": {"config": args.config, "set": args.set, "seeds": seeds,
                                             "variant": args.variant, "joint_set": args.joint_set,
+                                            "teacher_utilities": args.teacher_utilities,
                                             "tasks": tasks, "ceiling_questions": args.ceiling_questions,
                                             "eval_limit": args.eval_limit},
                                "tasks": {}, "runs": {}}

@@ -205,10 +205,15 @@ class JMLRConfig:
     # cached when they were drawn (jmlr/training/replay.py): exact only while the teacher does
     # not change, so it needs utility_model=base or a generator that does not train.
     replay_questions: int = 0
+    # A file of the base teacher's utilities written by `jmlr utilities` (jmlr/training/
+    # teacher_file.py): the replay starts from all its questions instead of an empty cache.
+    teacher_utilities: str = ""
 
     def validate(self, key: str) -> None:
         _require([
             (self.replay_questions >= 0, "jmlr.replay_questions must be >= 0"),
+            (not self.teacher_utilities or self.replay_questions > 0,
+             "jmlr.teacher_utilities feeds the replay: set jmlr.replay_questions > 0"),
             (self.replay_questions == 0 or self.utility_model == "base" or not self.train_generator,
              "jmlr.replay_questions > 0 replays cached utilities, which stay exact only for a "
              "teacher that does not train: set jmlr.utility_model=base"),

@@ -71,7 +71,21 @@ class JointStep(TrainingStep):
     def load_data(self) -> list[MCQ]:
         self.data = parts.load_training_data(self.cfg)
         self.by_id = {q.id: q for q in self.data.train}
+        if self.cfg.jmlr.teacher_utilities:
+            self.prefill(self.cfg.jmlr.teacher_utilities)
         return self.data.train
+
+    def prefill(self, path: str) -> None:
+        """Start the replay cache from a file of the base teacher's utilities (``jmlr utilities``)."""
+        from jmlr.data.corpus import corpus_fingerprint
+        from jmlr.training.teacher_file import load_teacher_rows
+
+        assert self.data is not None
+        rows = load_teacher_rows(path, self.cfg, self.by_id, self.data.passages,
+                                 corpus_fingerprint(self.data.passages.values()))
+        for row in rows:
+            self.cache.add(row["question_id"], row["passage_ids"], row["utilities"], row["baseline"])
+        log.info("replay starts from the teacher's utilities of %d questions (%s)", len(rows), path)
 
     def build_models(self) -> dict[str, nn.Module]:
         generator, self.tokenizer = parts.load_generator_for_training(self.cfg)

@@ -1,0 +1,127 @@
+"""``jmlr utilities`` and ``jmlr.teacher_utilities`` (jmlr/training/teacher_file.py): the file
+holds what a joint run's base teacher computes, resumes without recomputing, refuses what does
+not fit, and a run given it replays from its first step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_loop import loop_config, loop_overrides, rows, task  # noqa: F401  (the tiny task)
+
+from jmlr.errors import ConfigError, DataError
+from jmlr.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.timeout(600)
+
+BASE = ["jmlr.utility_model=base"]
+REPLAY = [*BASE, "jmlr.replay_questions=3", "train.max_steps=2", "train.grad_accum=1",
+          "train.save_every=2", "train.eval_every=-1"]
+
+
+def write_file(run_cli, task, out, *options: str, overrides=()):  # noqa: F811
+    return run_cli("utilities", "-c", task.config_path,
+                   *loop_overrides(task, task.root / "unused", *BASE, *overrides),
+                   "--out", out, *options)
+
+
+@pytest.fixture(scope="module")
+def utilities_file(task, tmp_path_factory):  # noqa: F811
+    """The teacher's utilities of every training question's whole mined list."""
+    from jmlr.training.teacher_file import run_teacher_utilities
+
+    out = tmp_path_factory.mktemp("teacher") / "train.utilities.jsonl"
+    cfg = loop_config(task, task.root / "unused", *BASE)
+    run_teacher_utilities(cfg, top=cfg.candidates.top_n, out=out)
+    return out
+
+
+def test_the_file_holds_what_a_joint_runs_base_teacher_computes(task, utilities_file, tmp_path):  # noqa: F811
+    from jmlr.training.loop import run_train
+
+    run_dir = tmp_path / "run"
+    run_train(loop_config(task, run_dir, *REPLAY))
+    cached = json.loads((ckpt.step_dir(run_dir, 2) / "utility_cache.json").read_text())["0"]
+    written = {json.loads(line)["question_id"]: json.loads(line)
+               for line in utilities_file.read_text().splitlines()}
+    compared = 0
+    for qid, row in cached.items():
+        mine = dict(zip(written[qid]["passage_ids"], written[qid]["utilities"], strict=True))
+        for pid, value in row["utilities"].items():
+            assert mine[pid] == pytest.approx(value, abs=2e-4), (qid, pid)
+            compared += 1
+        assert written[qid]["baseline"] == pytest.approx(row["baseline"], abs=2e-4)
+    assert compared >= 8      # 2 steps x 2 questions x k = 4 drawn passages
+
+
+def test_an_interrupted_file_continues_and_other_settings_are_refused(task, tmp_path, run_cli):  # noqa: F811
+    out = tmp_path / "u.jsonl"
+    code, stdout, err = write_file(run_cli, task, out, "--limit", "2", "--top", "3")
+    assert code == 0, err
+    first = out.read_text().splitlines()
+    assert len(first) == 2 and all(len(json.loads(line)["utilities"]) == 3 for line in first)
+    assert json.loads(stdout)["computed"] == 2
+
+    code, stdout, err = write_file(run_cli, task, out, "--limit", "3", "--top", "3")
+    assert code == 0, err
+    lines = out.read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 3          # the first two kept, not recomputed
+    assert json.loads(stdout)["computed"] == 1 and json.loads(stdout)["kept"] == 2
+
+    before = out.read_bytes()
+    code, _, err = write_file(run_cli, task, out, "--limit", "3", "--top", "4")
+    assert code == 2 and "--overwrite" in err and "top differs" in err
+    code, _, err = write_file(run_cli, task, out, "--limit", "3", "--top", "3",
+                              overrides=["jmlr.target=letter"])
+    assert code == 2 and "jmlr.target is 'letter_text' in the file, 'letter' in the config" in err
+    assert out.read_bytes() == before                       # nothing of the file changed
+    code, _, err = write_file(run_cli, task, out, "--limit", "1", "--top", "4", "--overwrite")
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_a_run_refuses_a_file_that_does_not_fit(task, utilities_file, tmp_path):  # noqa: F811
+    from jmlr.data.corpus import corpus_fingerprint
+    from jmlr.training.teacher_file import load_teacher_rows, meta_path
+
+    cfg = loop_config(task, tmp_path / "run", *REPLAY)
+    passages = {p.id: p for p in task.passages}
+    fingerprint = corpus_fingerprint(task.passages)
+    ids = [q.id for q in task.train]
+    assert len(load_teacher_rows(utilities_file, cfg, ids, passages, fingerprint)) == len(ids)
+
+    other = loop_config(task, tmp_path / "run", *REPLAY, "jmlr.utility=option_contrast")
+    with pytest.raises(ConfigError, match="another teacher: jmlr.utility is 'answer_loss'"):
+        load_teacher_rows(utilities_file, other, ids, passages, fingerprint)
+    with pytest.raises(ConfigError, match="another corpus"):
+        load_teacher_rows(utilities_file, cfg, ids, passages, "0" * 64)
+    with pytest.raises(DataError, match=r":1: field 'question_id': .* not a question of the training"):
+        load_teacher_rows(utilities_file, cfg, ids[1:], passages, fingerprint)
+
+    broken = tmp_path / "broken.jsonl"
+    lines = utilities_file.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["utilities"] = row["utilities"][:-1]
+    broken.write_text("\n".join([lines[0], json.dumps(row)]) + "\n")
+    meta = json.loads(meta_path(utilities_file).read_text())
+    meta_path(broken).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"broken.jsonl:2: field 'utilities': \d+ values for"):
+        load_teacher_rows(broken, cfg, ids, passages, fingerprint)
+    meta_path(broken).write_text(json.dumps({**meta, "finished": False}))
+    with pytest.raises(ConfigError, match="unfinished: run `jmlr utilities` again"):
+        load_teacher_rows(broken, cfg, ids, passages, fingerprint)
+    with pytest.raises(ConfigError, match="no utilities file at"):
+        load_teacher_rows(tmp_path / "absent.jsonl", cfg, ids, passages, fingerprint)
+    with pytest.raises(ConfigError, match="feeds the replay: set jmlr.replay_questions"):
+        loop_config(task, tmp_path / "run", *BASE, f"jmlr.teacher_utilities={utilities_file}")
+
+
+def test_a_run_given_the_file_replays_from_its_first_step(task, utilities_file, tmp_path):  # noqa: F811
+    from jmlr.training.loop import run_train
+
+    run_dir = tmp_path / "run"
+    run_train(loop_config(task, run_dir, *REPLAY, f"jmlr.teacher_utilities={utilities_file}"))
+    steps = [r for r in rows(run_dir) if r.get("step", 0) >= 1 and "loss" in r]
+    assert steps[0]["replay_rows"] == 3            # step 1 replays from the file
+    saved = json.loads((ckpt.step_dir(run_dir, 2) / "utility_cache.json").read_text())["0"]
+    assert len(saved) == len(task.train)           # every question of the file, kept for resume
