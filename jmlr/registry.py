@@ -114,4 +114,4 @@ RETRIEVER_BACKENDS = _registry("retriever backend", "jmlr.retrieval.backends")
 TRAINING_STEPS = _registry("training step", "jmlr.training.steps")
 STAGES = _registry("stage", "jmlr.stages", "jmlr.stages_measure", "jmlr.stages_teacher")
 # Config sections beyond the built-in ones, added by plug-in stages and steps.
-CONFIG_SECTIONS = _registry("config section")
+CONFIG_SECTIONS = _registry("config section", "jmlr.training.contrastive_data")
