@@ -43,7 +43,7 @@ def test_overrides_are_typed(tmp_path):
     ("jmlr.objective=ranknet", "'jmlr.objective': unknown rank objective 'ranknet' (known: pairwise, listwise"),
     ("jmlr.objective.beta=2", "unknown config key 'jmlr.objective.beta' (known in 'jmlr.objective': tie_tolerance, min_gain)"),
     ("jmlr.objective.tie_tolerance=-1", "jmlr.objective.tie_tolerance and jmlr.objective.min_gain must be >= 0"),
-    ("train.step=dpo9", "'train.step': 'dpo9' is not a known training step (known: contrastive, joint"),
+    ("train.step=dpo9", "'train.step': 'dpo9' is not a known training step (known: joint, retriever_contrastive"),
     ("data.format=medqb", "'data.format': 'medqb' is not a known question format (known: auto, "),
     ("data.format_options.medmcqa.zero=1", "unknown config key 'data.format_options.medmcqa.zero'"),
     ("data.format_options.medmcqa.one_based=maybe", "'data.format_options.medmcqa.one_based': expected true or false"),

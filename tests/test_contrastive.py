@@ -1,4 +1,4 @@
-"""The retriever warm-up step (``train.step=contrastive``, jmlr/training/steps/contrastive.py):
+"""The retriever warm-up step (``train.step=retriever_contrastive``, jmlr.training.steps.retriever_contrastive.py):
 the loss is InfoNCE over the scorer's own scores, training lowers it, no generator loads, the
 output is a checkpoint a joint run starts from, and bad rows stop the command before any model."""
 
@@ -14,7 +14,7 @@ from jmlr.training.contrastive_data import ContrastiveRow, read_contrastive_rows
 
 pytestmark = pytest.mark.timeout(600)
 
-STEP = ["train.step=contrastive", "train.batch_size=4", "train.grad_accum=1",
+STEP = ["train.step=retriever_contrastive", "train.batch_size=4", "train.grad_accum=1",
         "train.eval_every=-1", "train.retriever_lr=3e-4", "train.save_every=4",
         "contrastive.hard_negatives=2"]
 
@@ -40,7 +40,7 @@ def rows_file(task, tmp_path_factory):  # noqa: F811
 
 
 def batch_loss(cfg, retriever, rows) -> float:
-    from jmlr.training.steps.contrastive import ContrastiveStep
+    from jmlr.training.steps.retriever_contrastive import ContrastiveStep
 
     with torch.no_grad():
         out = ContrastiveStep(cfg).compute({"retriever": retriever}, rows, torch.Generator())
@@ -49,7 +49,7 @@ def batch_loss(cfg, retriever, rows) -> float:
 
 def test_the_loss_is_infonce_over_the_scorers_own_scores(task, rows_file, tmp_path):  # noqa: F811
     from jmlr.training import components as parts
-    from jmlr.training.steps.contrastive import batch_passages, info_nce
+    from jmlr.training.steps.retriever_contrastive import batch_passages, info_nce
 
     cfg = loop_config(task, tmp_path / "run", *STEP, f"contrastive.data={rows_file}")
     retriever = parts.load_retriever_for_training(cfg).eval()

@@ -1,5 +1,5 @@
 """Contrastive retriever data: rows of ``{query, positive, negatives[]}`` and the ``contrastive``
-config section of the retriever warm-up step (``train.step: contrastive``).
+config section of the retriever warm-up step (``train.step: retriever_contrastive``).
 
 One JSON object per line, the layout sentence-transformers and PyLate train from (a query, its
 positive passage, hard negatives), with ids and provenance kept beside the texts::

@@ -1,11 +1,11 @@
 """Registered training steps (``train.step``): the base class and the built-in steps.
 
 ``joint``: JMLR, a generator and a retriever trained together (``jmlr.training.steps.joint``).
-``contrastive``: the retriever alone, InfoNCE on query/positive/negatives rows, the warm-up
-before joint training (``jmlr.training.steps.contrastive``).
+``retriever_contrastive``: the retriever alone, InfoNCE on query/positive/negatives rows, the warm-up
+before joint training (``jmlr.training.steps.retriever_contrastive``).
 """
 
-from jmlr.training.steps import contrastive, joint
+from jmlr.training.steps import joint, retriever_contrastive
 from jmlr.training.steps.base import ModelSet, StepOutput, TrainingStep
 
-__all__ = ["ModelSet", "StepOutput", "TrainingStep", "contrastive", "joint"]
+__all__ = ["ModelSet", "StepOutput", "TrainingStep", "joint", "retriever_contrastive"]

@@ -1,4 +1,4 @@
-"""The retriever warm-up, registered as ``contrastive``: InfoNCE on late-interaction scores.
+"""The retriever warm-up, registered as ``retriever_contrastive``: InfoNCE on late-interaction scores.
 
 Each micro-batch of rows ``{query, positive, negatives[]}`` (``contrastive.data``; ``jmlr
 synthesize`` writes them) scores every query against the passages of the batch: its own
@@ -69,7 +69,7 @@ def info_nce(scores: Tensor, positive: Tensor, seen: Tensor, temperature: float)
     return F.cross_entropy(logits, positive)
 
 
-@TRAINING_STEPS.register("contrastive")
+@TRAINING_STEPS.register("retriever_contrastive")
 class ContrastiveStep(TrainingStep):
     """The retriever alone, by InfoNCE over ``contrastive.data`` (module docstring)."""
 
@@ -81,7 +81,7 @@ class ContrastiveStep(TrainingStep):
         from jmlr.retrieval.backends import backend_for
 
         if not self.section.data:
-            raise ConfigError("train.step=contrastive needs contrastive.data: a jsonl of "
+            raise ConfigError("train.step=retriever_contrastive needs contrastive.data: a jsonl of "
                               "{query, positive, negatives} rows (jmlr synthesize writes one)")
         if not Path(self.section.data).expanduser().is_file():
             raise ConfigError(f"contrastive.data: no file at {self.section.data}")
