@@ -284,6 +284,19 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+def earlier_meta(path: Path, meta_file: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The meta of an earlier run of an appending command that writes ``path`` (rows, one batch
+    at a time) beside ``meta_file``: None to start afresh (nothing there, or ``overwrite``,
+    which removes both), else that meta ({} when only the rows are there)."""
+    if not path.exists() and not meta_file.exists():
+        return None
+    if overwrite:
+        path.unlink(missing_ok=True)
+        meta_file.unlink(missing_ok=True)
+        return None
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_write(path) as handle:
         json.dump(obj, handle, indent=2, ensure_ascii=False)

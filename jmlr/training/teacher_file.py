@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from jmlr.errors import ConfigError, DataError
-from jmlr.io import read_jsonl, write_json
+from jmlr.io import earlier_meta, read_jsonl, write_json
 
 if TYPE_CHECKING:
     from jmlr.config import Config
@@ -142,14 +142,9 @@ def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str]
 def _resume(path: Path, meta: dict[str, Any], overwrite: bool) -> set[str]:
     """Question ids already in ``path`` when its settings match ``meta``; an empty start when
     there is no file; ConfigError when a file for other settings is there (unless overwrite)."""
-    found = meta_path(path)
-    if not path.exists() and not found.exists():
+    old = earlier_meta(path, meta_path(path), overwrite)
+    if old is None:
         return set()
-    if overwrite:
-        path.unlink(missing_ok=True)
-        found.unlink(missing_ok=True)
-        return set()
-    old = json.loads(found.read_text()) if found.is_file() else {}
     same = {k: old.get(k) for k in ("format", "settings", "corpus_fingerprint", "top")}
     wanted = {k: meta[k] for k in same}
     if same != wanted:
