@@ -116,4 +116,4 @@ STAGES = _registry("stage", "jmlr.stages", "jmlr.stages_measure", "jmlr.stages_t
                    "jmlr.stages_adapt")
 # Config sections beyond the built-in ones, added by plug-in stages and steps.
 CONFIG_SECTIONS = _registry("config section", "jmlr.training.contrastive_data",
-                            "jmlr.retrieval.synthesis")
+                            "jmlr.retrieval.synthesis", "jmlr.retrieval.query_prompts")
