@@ -38,13 +38,23 @@ def _prepare_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", type=int, default=600, help="questions over all splits")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no demo task")
+    p.add_argument("--specialties", type=int, default=0, metavar="K",
+                   help="also split the task into its K most common specialties (organ systems "
+                   "of the answer disease), one sub-task each under OUT/specialties, for experts")
 
 
 def _prepare_demo(_cfg: None, args: argparse.Namespace) -> None:
     from jmlr.data.demo import prepare_demo
 
-    _print_json(prepare_demo(out_dir=args.out, seed=args.seed, n_diseases=args.diseases,
-                             n_questions=args.questions, overwrite=args.overwrite))
+    if args.specialties == 1 or args.specialties < 0:
+        raise ConfigError(f"--specialties {args.specialties}: give 0 (no split) or at least 2")
+    summary = prepare_demo(out_dir=args.out, seed=args.seed, n_diseases=args.diseases,
+                           n_questions=args.questions, overwrite=args.overwrite)
+    if args.specialties:
+        from jmlr.data.demo_specialties import split_by_specialty
+
+        summary["specialties"] = split_by_specialty(args.out, args.specialties)
+    _print_json(summary)
 
 
 def _prepare_demo_in_demo(cfg: Config, quick: bool) -> Any:
