@@ -292,14 +292,19 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
 def progress_fields(row: dict[str, Any]) -> dict[str, str]:
     """The progress bar's postfix: loss, the rank loss and accuracy when the step logs them,
-    throughput.
+    throughput (when the step counts tokens).
 
     >>> progress_fields({"loss": 1.5, "rank_accuracy": None, "tokens_per_s": 9.6})
     {'loss': '1.5000', 'tok_s': '10'}
+    >>> progress_fields({"loss": 0.25, "positive_top1": 0.5, "tokens_per_s": 0.0})
+    {'loss': '0.2500', 'top1': '0.50'}
     """
     fields = {}
     for key, label, spec in (("loss", "loss", ".4f"), ("rank_loss", "rank", ".4f"),
-                             ("rank_accuracy", "acc", ".2f"), ("tokens_per_s", "tok_s", ".0f")):
+                             ("rank_accuracy", "acc", ".2f"), ("positive_top1", "top1", ".2f"),
+                             ("tokens_per_s", "tok_s", ".0f")):
+        if key == "tokens_per_s" and not row.get(key):
+            continue
         if isinstance(row.get(key), int | float):
             fields[label] = format(row[key], spec)
     return fields
