@@ -118,7 +118,9 @@ def mined_file(cfg: Config, split: str) -> Path:
     return path
 
 
-def _mined(cfg: Config, split: str, corpus_fingerprint: str) -> dict[str, Candidates]:
+def mined_candidates(cfg: Config, split: str, corpus_fingerprint: str) -> dict[str, Candidates]:
+    """A split's mined candidates by question id, mined over this corpus; ConfigError saying
+    to mine otherwise."""
     from jmlr.retrieval.candidates import load_candidates
 
     try:
@@ -188,10 +190,10 @@ def load_training_data(cfg: Config) -> TrainingData:
     fingerprint = corpus_fingerprint(corpus)   # the candidates must be mined over this corpus
     passages = {p.id: p for p in corpus}
     data = TrainingData(train=train, passages=passages,
-                        train_candidates=_mined(cfg, "train", fingerprint), dev=dev)
+                        train_candidates=mined_candidates(cfg, "train", fingerprint), dev=dev)
     check_candidates(data.train_candidates, train, passages, "train")
     if dev:
-        data.dev_candidates = _mined(cfg, "dev", fingerprint)
+        data.dev_candidates = mined_candidates(cfg, "dev", fingerprint)
         check_candidates(data.dev_candidates, dev, passages, "dev")
     return data
 

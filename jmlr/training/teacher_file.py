@@ -180,7 +180,7 @@ def run_teacher_utilities(cfg: Config, split: str = "train", top: int = 0, limit
     chosen = questions[:limit] if limit > 0 else questions
     corpus = load_corpus_from_config(cfg.data)
     fingerprint = corpus_fingerprint(corpus)
-    candidates = parts._mined(cfg, split, fingerprint)
+    candidates = parts.mined_candidates(cfg, split, fingerprint)
     parts.check_candidates(candidates, chosen, {p.id: p for p in corpus}, split)
     texts = {p.id: p.full_text for p in corpus}
     meta = {"format": FORMAT, "settings": teacher_settings(cfg), "corpus_fingerprint": fingerprint,
