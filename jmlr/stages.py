@@ -38,9 +38,8 @@ def _prepare_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", type=int, default=600, help="questions over all splits")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder that holds no demo task")
-    p.add_argument("--specialties", type=int, default=0, metavar="K",
-                   help="also split the task into its K most common specialties (organ systems "
-                   "of the answer disease), one sub-task each under OUT/specialties, for experts")
+    p.add_argument("--specialties", type=int, default=0, metavar="K", help="also one sub-task "
+                   "per K most common specialties (OUT/specialties; for experts to merge)")
 
 
 def _prepare_demo(_cfg: None, args: argparse.Namespace) -> None:
@@ -52,7 +51,6 @@ def _prepare_demo(_cfg: None, args: argparse.Namespace) -> None:
                            n_questions=args.questions, overwrite=args.overwrite)
     if args.specialties:
         from jmlr.data.demo_specialties import split_by_specialty
-
         summary["specialties"] = split_by_specialty(args.out, args.specialties)
     _print_json(summary)
 
