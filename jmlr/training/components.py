@@ -40,6 +40,7 @@ class TrainingData:
     train_candidates: dict[str, Candidates]
     dev: list[MCQ] = field(default_factory=list)
     dev_candidates: dict[str, Candidates] = field(default_factory=dict)
+    corpus_fingerprint: str = ""            # of the mined corpus ("" for question_docs)
 
     def candidate_texts(self, questions: list[MCQ]) -> list[list[str]]:
         """Passage texts of each question's candidates, best first (what joint_step takes),
@@ -190,7 +191,8 @@ def load_training_data(cfg: Config) -> TrainingData:
     fingerprint = corpus_fingerprint(corpus)   # the candidates must be mined over this corpus
     passages = {p.id: p for p in corpus}
     data = TrainingData(train=train, passages=passages,
-                        train_candidates=mined_candidates(cfg, "train", fingerprint), dev=dev)
+                        train_candidates=mined_candidates(cfg, "train", fingerprint), dev=dev,
+                        corpus_fingerprint=fingerprint)
     check_candidates(data.train_candidates, train, passages, "train")
     if dev:
         data.dev_candidates = mined_candidates(cfg, "dev", fingerprint)

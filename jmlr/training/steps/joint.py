@@ -77,12 +77,11 @@ class JointStep(TrainingStep):
 
     def prefill(self, path: str) -> None:
         """Start the replay cache from a file of the base teacher's utilities (``jmlr utilities``)."""
-        from jmlr.data.corpus import corpus_fingerprint
         from jmlr.training.teacher_file import load_teacher_rows
 
         assert self.data is not None
         rows = load_teacher_rows(path, self.cfg, self.by_id, self.data.passages,
-                                 corpus_fingerprint(self.data.passages.values()))
+                                 self.data.corpus_fingerprint)
         for row in rows:
             self.cache.add(row["question_id"], row["passage_ids"], row["utilities"], row["baseline"])
         log.info("replay starts from the teacher's utilities of %d questions (%s)", len(rows), path)
