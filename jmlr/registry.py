@@ -113,8 +113,8 @@ QUESTION_FORMATS = _registry("question format", "jmlr.data.formats", "jmlr.data.
 RETRIEVER_BACKENDS = _registry("retriever backend", "jmlr.retrieval.backends")
 TRAINING_STEPS = _registry("training step", "jmlr.training.steps")
 STAGES = _registry("stage", "jmlr.stages", "jmlr.stages_measure", "jmlr.stages_teacher",
-                   "jmlr.stages_adapt", "jmlr.stages_merge")
+                   "jmlr.stages_adapt", "jmlr.stages_merge", "jmlr.stages_align")
 # Config sections beyond the built-in ones, added by plug-in stages and steps.
 CONFIG_SECTIONS = _registry("config section", "jmlr.training.contrastive_data",
                             "jmlr.retrieval.synthesis", "jmlr.retrieval.query_prompts",
-                            "jmlr.merging.config")
+                            "jmlr.merging.config", "jmlr.alignment.config")
