@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import common
 from benchmarks import efficacy_measures as em
 
@@ -123,17 +121,6 @@ def favourite_letter(run_dir: Path, mode: str) -> dict[str, Any]:
     return {"letter": letter, "share": round(n / sum(counts.values()), 3)}
 
 
-def interval(values: dict[str, dict[str, float]], measure: str, samples: int = 2000
-             ) -> dict[str, float]:
-    """Mean over questions with a 95% percentile bootstrap interval."""
-    data = np.array([v[measure] for v in values.values() if measure in v])
-    rng = np.random.default_rng(0)
-    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(data.mean()), 4), "ci_low": round(float(low), 4),
-            "ci_high": round(float(high), 4), "n": len(data)}
-
-
 def main() -> int:
     from jmlr.alignment.sampling import pairs_from_samples, samples_path
     from jmlr.alignment.trl_train import run_alignment
@@ -198,7 +185,8 @@ def main() -> int:
             timed(seconds, f"evaluate {model}", run_evaluate, run_cfg, run, "test", [mode])
         measured[model] = per_question(run_cfg, run, mode, extractor, corpus)
 
-    table = {m: {k: interval(v, k) for k in MEASURES} for m, v in measured.items()}
+    table = {m: {k: em.mean_interval([q[k] for q in v.values() if k in q]) for k in MEASURES}
+             for m, v in measured.items()}
     letters = {m: favourite_letter(runs[m], "frozen" if m == "base" else "trained") for m in runs}
     print("\ngenerated answers, most frequent letter and its share:", json.dumps(letters))
     paired = {}

@@ -109,6 +109,21 @@ def paired_bootstrap(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, 
             "ci_high": round(float(high), 4), "n_questions": len(ids)}
 
 
+def mean_interval(values: Sequence[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of per-question values with a 95% percentile bootstrap interval over questions.
+
+    >>> out = mean_interval([1.0, 0.0, 1.0, 1.0], samples=200)
+    >>> out["mean"], out["n"], out["ci_low"] <= 0.75 <= out["ci_high"]
+    (0.75, 4, True)
+    """
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(samples, len(data)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(data.mean()), 4), "ci_low": round(float(low), 4),
+            "ci_high": round(float(high), 4), "n": len(data)}
+
+
 # --------------------------------------------------------------------------- measuring a retriever
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import common, reading_gain, reference_loop, step_setup
+from benchmarks import common, efficacy_measures, reading_gain, reference_loop, step_setup
 from benchmarks.joint_step import timed_objective
 from benchmarks.reference_loop import reference_rank_loss, reference_step
 from benchmarks.step_setup import fixed_length_passages, set_dropout
@@ -36,7 +36,7 @@ PASSAGES = [
 
 
 def test_doctests_of_the_benchmark_helpers():
-    for module in (common, reading_gain, reference_loop, step_setup):
+    for module in (common, efficacy_measures, reading_gain, reference_loop, step_setup):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -152,9 +152,27 @@ def test_bad_merges_stop_with_one_line(task, experts, tmp_path, run_cli):  # noq
     assert code == 2 and "give one value per expert (2)" in err
     code, _, err = merge_cli(run_cli, task, tmp_path / "e", experts, "merge.generator.method=magic")
     assert code == 2 and "'magic' is not one of" in err
+    code, _, err = merge_cli(run_cli, task, tmp_path / "g", experts,
+                             "merge.generator={method: linear, parameters: {lambda: 1.0}}")
+    assert code == 2 and "merge.generator.parameters.lambda: mergekit's linear has no such" in err
+    code, _, err = merge_cli(run_cli, task, tmp_path / "h", experts,
+                             "merge.retriever={method: ties, parameters: {density: 0.5}}")
+    assert code == 2 and "put it under merge.retriever.per_expert" in err
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
     ok = tmp_path / "f"
     assert merge_cli(run_cli, task, ok, experts, "merge.parts=[retriever]")[0] == 0
     before = (ok / "merge_card.json").read_text()
     code, _, err = merge_cli(run_cli, task, ok, experts, "merge.parts=[retriever]")
     assert code == 2 and "--overwrite" in err
     assert (ok / "merge_card.json").read_text() == before
+
+
+def test_a_merge_section_without_experts_is_a_template_checked_once_they_are_named(repo_root):
+    from jmlr.config import load_config
+    from jmlr.errors import ConfigError
+
+    cfg = load_config(repo_root / "configs" / "demo.yaml")          # ships per-expert lists
+    assert cfg.merge.experts == [] and cfg.merge.generator.per_expert["weight"] == [1.0, 1.0]
+    load_config(repo_root / "configs" / "demo.yaml", ["merge.experts=[{run: a}, {run: b}]"])
+    with pytest.raises(ConfigError, match=r"merge.generator.per_expert.weight: give one value per expert \(3\)"):
+        load_config(repo_root / "configs" / "demo.yaml", ["merge.experts=[{run: a}, {run: b}, {run: c}]"])

@@ -62,6 +62,8 @@ class MergeConfig:
             raise ConfigError(f"{key}.parts: {unknown[0]!r} is not one of {', '.join(PARTS)}")
         for part in self.parts:
             spec: PartMerge = getattr(self, part)
+            if not self.experts:        # a template (experts named later): checked when they are
+                continue
             for name, values in spec.per_expert.items():
                 if not isinstance(values, list) or len(values) != len(self.experts):
                     raise ConfigError(f"{key}.{part}.per_expert.{name}: give one value per "

@@ -40,6 +40,30 @@ def available(method: str) -> None:
         raise ConfigError(f"mergekit {mergekit_version()} has no merge method {method!r}")
 
 
+def check_parameters(method: str, parameters: Mapping[str, Any],
+                     per_expert: Mapping[str, Any], key: str) -> None:
+    """ConfigError (naming ``key``) for a parameter ``method`` does not take, or one given in
+    the wrong place: shared ones under ``parameters``, per-model ones under ``per_expert``.
+    Checked against mergekit's own method spec, before any model loads."""
+    from mergekit import merge_methods
+
+    available(method)
+    spec = next(m.spec for m in merge_methods.registered_methods() if m.spec.name == method)
+    shared = {p.name for p in spec.parameters if p.scope.value == "shared"}
+    per_model = {p.name for p in spec.parameters} - shared
+    for where, given, allowed in (("parameters", parameters, shared),
+                                  ("per_expert", per_expert, per_model)):
+        for name in given:
+            if name not in allowed:
+                other = "per_expert" if where == "parameters" else "parameters"
+                hint = (f"it is a {'per-model' if where == 'parameters' else 'shared'} parameter: "
+                        f"put it under {key}.{other}") if name in shared | per_model else \
+                    f"{method} takes {', '.join(sorted(allowed)) or 'none here'}"
+                raise ConfigError(f"{key}.{where}.{name}: mergekit's {method} has no such "
+                                  f"{'shared' if where == 'parameters' else 'per-model'} "
+                                  f"parameter ({hint})")
+
+
 def per_input(values: Mapping[str, Sequence[float]], expert_ids: Sequence[str]
               ) -> dict[str, dict[str, float]]:
     """Per-expert parameter lists as mergekit's mappings keyed by input id.
@@ -76,5 +100,5 @@ def merge_weights(experts: Mapping[str, Mapping[str, torch.Tensor]],
             return merge_state_dicts(inputs, method, parameters=params,
                                      base=BASE_ID if uses_base else None, strict=True,
                                      dtype=torch.float32, out_dtype=dtype)
-        except (ValueError, RuntimeError) as err:
+        except (ValueError, RuntimeError, TypeError) as err:
             raise ConfigError(f"mergekit's {method} refused the inputs: {err}") from None

@@ -90,12 +90,13 @@ def _expert_configs(cfg: Config) -> list[tuple[str, Path, Config]]:
 def run_merge(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Merge the configured experts into ``run.out_dir`` (module docstring); the card."""
     from jmlr.io import building_folder, write_json
-    from jmlr.merging.methods import available, mergekit_version
+    from jmlr.merging.methods import check_parameters, mergekit_version
 
     merge, out = cfg.merge, Path(cfg.run.out_dir).expanduser()
     experts = _expert_configs(cfg)
     for part in merge.parts:
-        available(getattr(merge, part).method)
+        spec = getattr(merge, part)
+        check_parameters(spec.method, spec.parameters, spec.per_expert, f"merge.{part}")
     if any(out.resolve() == run.resolve() for _, run, _ in experts):
         raise ConfigError(f"run.out_dir {out} is one of the experts: merge into a new folder")
     if (out / "final").exists() and not overwrite:
