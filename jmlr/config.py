@@ -208,12 +208,18 @@ class JMLRConfig:
     # A file of the base teacher's utilities written by `jmlr utilities` (jmlr/training/
     # teacher_file.py): the replay starts from all its questions instead of an empty cache.
     teacher_utilities: str = ""
+    # > 0: before training, write that file (or, unnamed, candidates.path/train.utilities.jsonl)
+    # for the first N training questions where it is missing or shorter, so that one
+    # `jmlr train` or `jmlr demo` does both (jmlr/training/teacher_file.py: ensure_teacher_file).
+    teacher_questions: int = 0
 
     def validate(self, key: str) -> None:
         _require([
             (self.replay_questions >= 0, "jmlr.replay_questions must be >= 0"),
-            (not self.teacher_utilities or self.replay_questions > 0,
-             "jmlr.teacher_utilities feeds the replay: set jmlr.replay_questions > 0"),
+            (self.teacher_questions >= 0, "jmlr.teacher_questions must be >= 0"),
+            (not (self.teacher_utilities or self.teacher_questions) or self.replay_questions > 0,
+             "jmlr.teacher_utilities and jmlr.teacher_questions feed the replay: set "
+             "jmlr.replay_questions > 0"),
             (self.replay_questions == 0 or self.utility_model == "base" or not self.train_generator,
              "jmlr.replay_questions > 0 replays cached utilities, which stay exact only for a "
              "teacher that does not train: set jmlr.utility_model=base"),

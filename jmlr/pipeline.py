@@ -38,7 +38,9 @@ def demo_config(cfg: Config, quick: bool) -> Config:
     if quick:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=cfg.run.out_dir.rstrip("/") + "-quick"))
         cfg = replace(cfg, train=replace(cfg.train, max_steps=QUICK["max_steps"], eval_every=-1),
-                      jmlr=replace(cfg.jmlr, k_sample=min(cfg.jmlr.k_sample, QUICK["k_sample"])),
+                      jmlr=replace(cfg.jmlr, k_sample=min(cfg.jmlr.k_sample, QUICK["k_sample"]),
+                                   teacher_questions=min(cfg.jmlr.teacher_questions,
+                                                         QUICK["teacher_questions"])),
                       eval=replace(cfg.eval, limit=QUICK["eval_limit"],
                                    max_new_tokens=min(cfg.eval.max_new_tokens, QUICK["max_new_tokens"])))
     return _with_data_dir(cfg, Path(cfg.run.out_dir) / "data")

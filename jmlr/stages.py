@@ -20,7 +20,7 @@ from jmlr.stage import Stage, comma_list
 
 # --quick demo: a smaller task and a shorter run, same stages (minutes on a 2-core CPU).
 QUICK = {"diseases": 60, "questions": 60, "max_steps": 2, "k_sample": 4, "eval_limit": 12,
-         "max_new_tokens": 32}
+         "max_new_tokens": 32, "teacher_questions": 4}
 FULL = {"diseases": 400, "questions": 400}
 
 

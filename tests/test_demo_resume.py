@@ -278,11 +278,14 @@ def test_the_real_demo_run_twice_keeps_every_stage(tmp_path, monkeypatch, caplog
     bert = make_tiny_bert(tmp_path / "tiny-bert")
     cfg = load_config(REPO / "configs" / "tiny.yaml", [
         f"run.out_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}",
-        f"retriever.checkpoint={bert}"])
+        f"retriever.checkpoint={bert}", "jmlr.utility_model=base", "jmlr.replay_questions=2",
+        "jmlr.teacher_questions=10"])      # as configs/demo.yaml: the teacher file written first
     names = ["prepare-demo", "index", "mine", "train", "evaluate", "report"]
     first = run_demo(cfg, quick=True)
     assert first["ran"] == names and first["kept"] == []
     run = tmp_path / "run-quick"
+    teacher = (run / "candidates" / "train.utilities.jsonl").read_text().splitlines()
+    assert len(teacher) == stages.QUICK["teacher_questions"]     # capped when quick
     assert {"none", "frozen", "trained"} <= set(first["metrics"]["modes"])
     before = _mtimes(run)
     with caplog.at_level(logging.INFO, logger="jmlr.pipeline"):

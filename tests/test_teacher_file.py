@@ -112,7 +112,7 @@ def test_a_run_refuses_a_file_that_does_not_fit(task, utilities_file, tmp_path):
         load_teacher_rows(broken, cfg, ids, passages, fingerprint)
     with pytest.raises(ConfigError, match="no utilities file at"):
         load_teacher_rows(tmp_path / "absent.jsonl", cfg, ids, passages, fingerprint)
-    with pytest.raises(ConfigError, match="feeds the replay: set jmlr.replay_questions"):
+    with pytest.raises(ConfigError, match="feed the replay: set jmlr.replay_questions"):
         loop_config(task, tmp_path / "run", *BASE, f"jmlr.teacher_utilities={utilities_file}")
 
 
@@ -125,3 +125,34 @@ def test_a_run_given_the_file_replays_from_its_first_step(task, utilities_file, 
     assert steps[0]["replay_rows"] == 3            # step 1 replays from the file
     saved = json.loads((ckpt.step_dir(run_dir, 2) / "utility_cache.json").read_text())["0"]
     assert len(saved) == len(task.train)           # every question of the file, kept for resume
+
+
+def test_teacher_questions_writes_the_file_before_training_and_keeps_it(task, tmp_path, run_cli,  # noqa: F811
+                                                                       monkeypatch):
+    import shutil
+
+    candidates = tmp_path / "candidates"        # the default file goes beside them
+    shutil.copytree(task.root / "loop_candidates", candidates)
+    train = [*REPLAY, "jmlr.teacher_questions=2", f"candidates.path={candidates}"]
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "run", *train))
+    assert code == 0, err
+    written = candidates / "train.utilities.jsonl"
+    ids = [json.loads(line)["question_id"] for line in written.read_text().splitlines()]
+    assert ids == [q.id for q in task.train[:2]]
+    steps = [r for r in rows(tmp_path / "run") if r.get("step", 0) >= 1 and "loss" in r]
+    assert steps[0]["replay_rows"] >= 2         # the two questions replayed from step 1
+    before = written.stat().st_mtime_ns
+    code, _, err = run_cli("train", "-c", task.config_path,
+                           *loop_overrides(task, tmp_path / "again", *train))
+    assert code == 0, err
+    assert written.stat().st_mtime_ns == before                     # kept, not recomputed
+    # Several processes would each compute it: a longer file must be written first.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from jmlr.training.teacher_file import ensure_teacher_file
+
+    more = loop_config(task, tmp_path / "more", *train[:-2], "jmlr.teacher_questions=3",
+                       f"candidates.path={candidates}")
+    with pytest.raises(ConfigError, match="before a multi-process run, in one process: jmlr "
+                                          "utilities -c CONFIG --limit 3"):
+        ensure_teacher_file(more)

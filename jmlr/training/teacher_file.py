@@ -53,6 +53,42 @@ def default_path(cfg: Config, split: str = "train") -> Path:
     return cfg.candidates_dir / f"{split}.utilities.jsonl"
 
 
+def teacher_path(cfg: Config) -> str:
+    """The file a joint run starts its replay from: ``jmlr.teacher_utilities``, or with
+    ``jmlr.teacher_questions`` > 0 the default beside the mined candidates; '' for none."""
+    if cfg.jmlr.teacher_utilities:
+        return cfg.jmlr.teacher_utilities
+    return str(default_path(cfg)) if cfg.jmlr.teacher_questions > 0 else ""
+
+
+def ensure_teacher_file(cfg: Config) -> dict[str, Any] | None:
+    """Before a joint run with ``jmlr.teacher_questions`` = N > 0 and a retriever that trains:
+    write (or complete) the teacher file for the first N training questions; the summary of
+    ``run_teacher_utilities``, or None when there is nothing to write. The default file is
+    jmlr's own and is replaced when it was computed otherwise; a file the config names is not
+    (ConfigError instead). Under several processes it must exist already: computing it once
+    per process would repeat the work N-fold."""
+    import os
+
+    n = cfg.jmlr.teacher_questions
+    if n <= 0 or cfg.train.step != "joint" or not cfg.jmlr.train_retriever:
+        return None
+    path = Path(teacher_path(cfg))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        meta = json.loads(meta_path(path).read_text()) if meta_path(path).is_file() else {}
+        if meta.get("finished") and meta.get("questions", 0) >= n:
+            return None
+        raise ConfigError(f"jmlr.teacher_questions={n}: write {path} before a multi-process "
+                          f"run, in one process: jmlr utilities -c CONFIG --limit {n} --out {path}")
+    try:
+        return run_teacher_utilities(cfg, "train", limit=n, out=path)
+    except ConfigError:             # computed otherwise: a file named by the user is kept
+        if cfg.jmlr.teacher_utilities:
+            raise
+        log.info("%s was computed otherwise: writing it again", path)
+        return run_teacher_utilities(cfg, "train", limit=n, out=path, overwrite=True)
+
+
 def meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 

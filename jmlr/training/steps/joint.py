@@ -66,13 +66,20 @@ class JointStep(TrainingStep):
     # ------------------------------------------------------------ set-up
 
     def check(self) -> None:
+        from jmlr.training.teacher_file import ensure_teacher_file
+
         parts.check_inputs(self.cfg)
+        # Before the run's own models load: the replay's starting file, when
+        # jmlr.teacher_questions asks for one that is not there yet (one process only).
+        ensure_teacher_file(self.cfg)
 
     def load_data(self) -> list[MCQ]:
         self.data = parts.load_training_data(self.cfg)
         self.by_id = {q.id: q for q in self.data.train}
-        if self.cfg.jmlr.teacher_utilities:
-            self.prefill(self.cfg.jmlr.teacher_utilities)
+        from jmlr.training.teacher_file import teacher_path
+
+        if teacher_path(self.cfg) and self.cfg.jmlr.train_retriever:
+            self.prefill(teacher_path(self.cfg))
         return self.data.train
 
     def prefill(self, path: str) -> None:
