@@ -176,3 +176,19 @@ def test_a_merge_section_without_experts_is_a_template_checked_once_they_are_nam
     load_config(repo_root / "configs" / "demo.yaml", ["merge.experts=[{run: a}, {run: b}]"])
     with pytest.raises(ConfigError, match=r"merge.generator.per_expert.weight: give one value per expert \(3\)"):
         load_config(repo_root / "configs" / "demo.yaml", ["merge.experts=[{run: a}, {run: b}, {run: c}]"])
+
+
+def test_peak_memory_is_the_merges_own_not_its_parents():
+    """A merge started from a large process (a benchmark, a notebook) reports its own peak:
+    ru_maxrss would report the parent's size, inherited across fork and exec."""
+    import subprocess
+    import sys
+
+    from jmlr.merging.run import peak_rss_mib
+
+    ballast = bytearray(600 * 1024 * 1024)          # touched: resident in this process
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert peak_rss_mib() > 600
+    child = subprocess.run([sys.executable, "-c", "from jmlr.merging.run import peak_rss_mib; "
+                            "print(peak_rss_mib())"], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 400

@@ -39,6 +39,22 @@ CARD = "merge_card.json"
 PART_DIRS = {"generator": Path("final") / "generator", "retriever": Path("final") / "retriever"}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB. Linux's VmHWM belongs to the process image
+    (a process started by a large parent reports its own peak); ``ru_maxrss`` would carry the
+    parent's size across fork and exec, so it is only the fallback elsewhere.
+
+    >>> 0 < peak_rss_mib() < 1024 * 1024
+    True
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # KiB on Linux
+
+
 def folder_digest(folder: Path) -> str:
     """sha256 over the relative names and bytes of a folder's weight files (safetensors, bin).
 
@@ -121,7 +137,7 @@ def run_merge(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
                              "sha256": folder_digest(run / PART_DIRS[part])}
                             for eid, run, _ in experts]}
     card["seconds"] = round(time.perf_counter() - started, 1)
-    card["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    card["peak_rss_mib"] = peak_rss_mib()
     write_json(out / CARD, card)
     replace(cfg, run=replace(cfg.run, out_dir=str(out))).save(out / "config.yaml")
     log.info("merged %d experts into %s in %.0f s", len(experts), out, card["seconds"])
