@@ -47,6 +47,11 @@ PINNED = [
     {"step": 2, "loss": 11.037902, "gen_loss": 10.351916, "rank_loss": 0.685986},
     {"step": 3, "loss": 10.999738, "gen_loss": 10.354351, "rank_loss": 0.645387},
 ]
+# Step 3 as found on other machines (same code; first pinned so, seen again on an AMD EPYC
+# with AVX2 only): its candidates, refreshed after step 2, come from the index's
+# nearest-centroid search, whose float rounding differs between machines; every other pinned
+# value agreed on both.
+STEP3_OTHER_CPU = {"loss": 10.998871, "gen_loss": 10.354351, "rank_loss": 0.644520}
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +188,11 @@ def test_reference_run_writes_metrics_checkpoints_and_exports(reference):
 def test_first_losses_of_the_tiny_config_are_pinned(reference):
     run_dir, _ = reference
     found = {r["step"]: r for r in rows(run_dir) if "split" not in r}
+    step3 = {k: found[3][k] for k in STEP3_OTHER_CPU}
+    other_cpu = all(step3[k] == pytest.approx(v, abs=1e-4) for k, v in STEP3_OTHER_CPU.items())
     for pin in PINNED:
+        if pin["step"] == 3 and other_cpu:
+            continue
         for key in ("loss", "gen_loss", "rank_loss"):
             assert found[pin["step"]][key] == pytest.approx(pin[key], abs=1e-4), (
                 pin["step"], key, {s: {k: found[s][k] for k in ("loss", "gen_loss", "rank_loss")}
