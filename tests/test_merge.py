@@ -96,6 +96,10 @@ def test_linear_and_task_arithmetic_equal_the_hand_computed_tensors(task, expert
     ("ties", {}, {"density": [0.5, 0.5], "weight": [1.0, 1.0]}),
     ("breadcrumbs", {}, {"density": [0.8, 0.8], "gamma": [0.05, 0.05]}),
     ("breadcrumbs_ties", {}, {"density": [0.8, 0.8], "gamma": [0.05, 0.05]}),
+    # DARE drops task-vector entries at random: at density 1 nothing is dropped, so the path
+    # (rescaling, sign election for dare_ties) is compared without depending on the RNG.
+    ("dare_linear", {}, {"density": [1.0, 1.0], "weight": [0.7, 0.3]}),
+    ("dare_ties", {}, {"density": [1.0, 1.0], "weight": [1.0, 1.0]}),
 ])
 def test_other_methods_equal_mergekits_own_function_on_the_projection(
         task, experts, tmp_path, run_cli, method, parameters, per_expert):  # noqa: F811
