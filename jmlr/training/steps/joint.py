@@ -74,10 +74,10 @@ class JointStep(TrainingStep):
         ensure_teacher_file(self.cfg)
 
     def load_data(self) -> list[MCQ]:
-        self.data = parts.load_training_data(self.cfg)
-        self.by_id = {q.id: q for q in self.data.train}
         from jmlr.training.teacher_file import teacher_path
 
+        self.data = parts.load_training_data(self.cfg)
+        self.by_id = {q.id: q for q in self.data.train}
         if teacher_path(self.cfg) and self.cfg.jmlr.train_retriever:
             self.prefill(teacher_path(self.cfg))
         return self.data.train
