@@ -125,6 +125,26 @@ def test_other_methods_equal_mergekits_own_function_on_the_projection(
     assert not torch.allclose(merged, tensors[0])
 
 
+def test_slerp_of_the_base_and_one_expert_equals_mergekits_own_function(task, experts, tmp_path,  # noqa: F811
+                                                                        run_cli):
+    from mergekit.merge_methods import merge_tensors
+
+    from jmlr.config import load_config
+
+    cfg = load_config(task.config_path, loop_overrides(task, tmp_path / "x"))
+    base = retriever_weights(cfg)[PROJECTION]
+    expert = retriever_weights(cfg, experts[0] / "final" / "retriever")[PROJECTION]
+    out = tmp_path / "slerp"
+    code, _, err = merge_cli(run_cli, task, out, experts[:1], "merge.parts=[retriever]",
+                             "merge.retriever={method: slerp, parameters: {t: 0.3}}")
+    assert code == 0, err
+    expected = merge_tensors([base, expert], "slerp", parameters={"t": 0.3},
+                             ids=["base", "expert0"], base_index=0, dtype=torch.float32)
+    merged = retriever_weights(cfg, out / "final" / "retriever")[PROJECTION]
+    assert torch.allclose(merged, expected.to(merged.dtype), atol=1e-6)
+    assert not torch.allclose(merged, base) and not torch.allclose(merged, expert)
+
+
 def test_a_merged_run_evaluates_and_reports_like_a_trained_one(task, experts, tmp_path, run_cli):  # noqa: F811
     out = tmp_path / "slerped"
     code, _, err = merge_cli(run_cli, task, out, experts[:1],
