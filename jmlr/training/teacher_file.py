@@ -83,8 +83,8 @@ def ensure_teacher_file(cfg: Config) -> dict[str, Any] | None:
     try:
         return run_teacher_utilities(cfg, "train", limit=n, out=path)
     except ConfigError:             # computed otherwise: a file named by the user is kept
-        if cfg.jmlr.teacher_utilities:
-            raise
+        if cfg.jmlr.teacher_utilities or not meta_path(path).is_file():
+            raise                   # not the default file, or no earlier file to differ from
         log.info("%s was computed otherwise: writing it again", path)
         return run_teacher_utilities(cfg, "train", limit=n, out=path, overwrite=True)
 

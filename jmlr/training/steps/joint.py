@@ -78,8 +78,9 @@ class JointStep(TrainingStep):
 
         self.data = parts.load_training_data(self.cfg)
         self.by_id = {q.id: q for q in self.data.train}
-        if teacher_path(self.cfg) and self.cfg.jmlr.train_retriever:
-            self.prefill(teacher_path(self.cfg))
+        path = teacher_path(self.cfg)
+        if path and self.cfg.jmlr.train_retriever:
+            self.prefill(path)
         return self.data.train
 
     def prefill(self, path: str) -> None:
