@@ -97,6 +97,10 @@ class RetrieverConfig:
     # A ColBERT checkpoint folder, or a plain HF BERT-family encoder folder (converted once),
     # or "pkg:<package>/<subpath>" for a model that an installed package carries.
     checkpoint: str = ""
+    # The weights a training run's retriever starts from, when not retriever.checkpoint: the
+    # final/retriever of a `train.step=retriever_distill` (or retriever_contrastive) run.
+    # retriever.checkpoint stays the index's encoder and the frozen baseline of evaluation.
+    train_from: str = ""
     dim: int = 128
     query_maxlen: int = 128
     doc_maxlen: int = 512
@@ -217,9 +221,6 @@ class JMLRConfig:
         _require([
             (self.replay_questions >= 0, "jmlr.replay_questions must be >= 0"),
             (self.teacher_questions >= 0, "jmlr.teacher_questions must be >= 0"),
-            (not (self.teacher_utilities or self.teacher_questions) or self.replay_questions > 0,
-             "jmlr.teacher_utilities and jmlr.teacher_questions feed the replay: set "
-             "jmlr.replay_questions > 0"),
             (self.replay_questions == 0 or self.utility_model == "base" or not self.train_generator,
              "jmlr.replay_questions > 0 replays cached utilities, which stay exact only for a "
              "teacher that does not train: set jmlr.utility_model=base"),
@@ -365,6 +366,11 @@ class Config:
         _require([
             (self.jmlr.k_sample <= self.candidates.top_n, "jmlr.k_sample cannot exceed candidates.top_n"),
             (self.jmlr.r_read <= self.candidates.top_n, "jmlr.r_read cannot exceed candidates.top_n"),
+            (self.train.step != "joint" or self.jmlr.replay_questions > 0
+             or not (self.jmlr.teacher_utilities or self.jmlr.teacher_questions)
+             or (self.jmlr.teacher_utilities and self.distill.before_joint_steps > 0),
+             "jmlr.teacher_utilities and jmlr.teacher_questions feed the replay (or, the file, "
+             "distill.before_joint_steps): set jmlr.replay_questions > 0"),
             (self.jmlr.utility_model != "base" or self.generator.lora_r > 0
              or not self.jmlr.train_generator,
              "jmlr.utility_model=base switches the generator's LoRA adapters off for the "

@@ -43,6 +43,11 @@ def demo_config(cfg: Config, quick: bool) -> Config:
                                                          QUICK["teacher_questions"])),
                       eval=replace(cfg.eval, limit=QUICK["eval_limit"],
                                    max_new_tokens=min(cfg.eval.max_new_tokens, QUICK["max_new_tokens"])))
+        distill = cfg.distill
+        if distill.before_joint_steps > 0:
+            distill = replace(distill, questions=min(distill.questions, QUICK["teacher_questions"]),
+                              before_joint_steps=min(distill.before_joint_steps, QUICK["max_steps"]))
+            cfg = replace(cfg, extra={**cfg.extra, "distill": distill})
     return _with_data_dir(cfg, Path(cfg.run.out_dir) / "data")
 
 

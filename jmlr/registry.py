@@ -117,4 +117,5 @@ STAGES = _registry("stage", "jmlr.stages", "jmlr.stages_measure", "jmlr.stages_t
 # Config sections beyond the built-in ones, added by plug-in stages and steps.
 CONFIG_SECTIONS = _registry("config section", "jmlr.training.contrastive_data",
                             "jmlr.retrieval.synthesis", "jmlr.retrieval.query_prompts",
-                            "jmlr.merging.config", "jmlr.alignment.config")
+                            "jmlr.merging.config", "jmlr.alignment.config",
+                            "jmlr.training.distill_config")

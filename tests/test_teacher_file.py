@@ -112,7 +112,7 @@ def test_a_run_refuses_a_file_that_does_not_fit(task, utilities_file, tmp_path):
         load_teacher_rows(broken, cfg, ids, passages, fingerprint)
     with pytest.raises(ConfigError, match="no utilities file at"):
         load_teacher_rows(tmp_path / "absent.jsonl", cfg, ids, passages, fingerprint)
-    with pytest.raises(ConfigError, match="feed the replay: set jmlr.replay_questions"):
+    with pytest.raises(ConfigError, match=r"feed the replay \(or, the file, distill.before_joint_steps\): set jmlr.replay_questions"):
         loop_config(task, tmp_path / "run", *BASE, f"jmlr.teacher_utilities={utilities_file}")
 
 

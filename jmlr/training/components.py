@@ -107,7 +107,17 @@ def check_inputs(cfg: Config) -> None:
         resolve_location(cfg.data.corpus, "data.corpus")
         mined_file(cfg, "train")
     backend_for(cfg).check_checkpoint(cfg)
+    check_train_from(cfg)
     resolve_source(cfg.generator.model)
+
+
+def check_train_from(cfg: Config) -> None:
+    """``retriever.train_from``, when set, is a retriever folder (ConfigError otherwise)."""
+    from jmlr.retrieval.folders import check_model_files
+
+    if cfg.retriever.train_from:
+        check_model_files(Path(cfg.retriever.train_from).expanduser().resolve(),
+                          "retriever.train_from")
 
 
 def mined_file(cfg: Config, split: str) -> Path:
@@ -224,12 +234,13 @@ def load_generator_for_training(cfg: Config) -> tuple[nn.Module, Any]:
 
 
 def load_retriever_for_training(cfg: Config) -> nn.Module:
-    """The configured backend's trainable scorer (``retriever.checkpoint``); every weight
-    frozen when ``jmlr.train_retriever`` is false (the RAG baseline), all trainable
-    otherwise."""
+    """The configured backend's trainable scorer (``retriever.train_from``, or else
+    ``retriever.checkpoint``); every weight frozen when ``jmlr.train_retriever`` is false (the
+    RAG baseline), all trainable otherwise."""
     from jmlr.retrieval.backends import backend_for
 
-    scorer = backend_for(cfg).load_scorer(cfg)
+    start = Path(cfg.retriever.train_from).expanduser() if cfg.retriever.train_from else None
+    scorer = backend_for(cfg).load_scorer(cfg, start)
     scorer.requires_grad_(cfg.jmlr.train_retriever)
     return scorer
 
@@ -307,6 +318,32 @@ def _with_index(cfg: Config, index_dir: str) -> Config:
     new = copy.deepcopy(cfg)
     new.retriever.index_dir = index_dir
     return new
+
+
+def dev_retrieval(loop: Any, data: TrainingData, cfg: Config) -> dict:
+    """Dev retrieval metrics of the loop's current retriever (``models["retriever"]``)
+    re-ranking the mined dev candidates; every rank scores a share (same number of forwards
+    on each), the metrics are over all of them."""
+    from jmlr.training.token_losses import eval_mode
+
+    acc = loop.accelerator
+    bs = max(1, cfg.eval.batch_size)
+    mine = data.dev[acc.process_index::acc.num_processes]
+    per_rank = -(-len(data.dev) // acc.num_processes)
+    scored: list[tuple[str, list[str], list[float]]] = []
+
+    def score(models: Any, queries: list[str], docs: list[list[str]]) -> Any:
+        return models["retriever"].score(queries, docs)
+
+    with torch.no_grad(), eval_mode(loop.model):
+        for start in range(0, per_rank, bs):
+            chunk = mine[start:start + bs] or data.dev[:1]
+            real = mine[start:start + bs]
+            ids, texts = data.dev_rows(chunk)
+            scores = loop.model(score, [q.query(cfg.retriever.query_template) for q in chunk], texts)
+            for q, pids, row in zip(real, ids, scores.float().cpu().tolist(), strict=False):
+                scored.append((q.id, pids, row[:len(pids)]))
+    return dev_metrics(data.dev, gather(scored))
 
 
 def dev_metrics(questions: list[MCQ], scored: list[tuple[str, list[str], list[float]]]) -> dict:

@@ -385,6 +385,7 @@ class TrainRecipe:
 def run_train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """``jmlr train``: set up, train, finish; returns the summary written to
     ``RUN/train_summary.json``."""
+    cfg = TRAINING_STEPS.get(cfg.train.step).before_run(cfg, resume)
     recipe = TrainRecipe(cfg, resume)
     try:
         recipe.setup()

@@ -68,11 +68,17 @@ def ensure_teacher_file(cfg: Config) -> dict[str, Any] | None:
     jmlr's own and is replaced when it was computed otherwise; a file the config names is not
     (ConfigError instead). Under several processes it must exist already: computing it once
     per process would repeat the work N-fold."""
-    import os
-
     n = cfg.jmlr.teacher_questions
     if n <= 0 or cfg.train.step != "joint" or not cfg.jmlr.train_retriever:
         return None
+    return write_teacher_file(cfg, n)
+
+
+def write_teacher_file(cfg: Config, n: int) -> dict[str, Any] | None:
+    """Write (or complete) the teacher file (:func:`teacher_path`) for the first ``n`` training
+    questions, as :func:`ensure_teacher_file` says; for any step that reads the file."""
+    import os
+
     path = Path(teacher_path(cfg))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         meta = json.loads(meta_path(path).read_text()) if meta_path(path).is_file() else {}

@@ -3,9 +3,12 @@
 ``joint``: JMLR, a generator and a retriever trained together (``jmlr.training.steps.joint``).
 ``retriever_contrastive``: the retriever alone, InfoNCE on query/positive/negatives rows, the warm-up
 before joint training (``jmlr.training.steps.retriever_contrastive``).
+``retriever_distill``: the retriever alone, learning the base teacher's ordering from a file of its
+utilities (``jmlr.training.steps.retriever_distill``).
 """
 
-from jmlr.training.steps import joint, retriever_contrastive
+from jmlr.training.steps import joint, retriever_contrastive, retriever_distill
 from jmlr.training.steps.base import ModelSet, StepOutput, TrainingStep
 
-__all__ = ["ModelSet", "StepOutput", "TrainingStep", "joint", "retriever_contrastive"]
+__all__ = ["ModelSet", "StepOutput", "TrainingStep", "joint", "retriever_contrastive",
+           "retriever_distill"]

@@ -75,6 +75,12 @@ class TrainingStep:
 
     # ------------------------------------------------------------ set-up
 
+    @classmethod
+    def before_run(cls, cfg: Config, resume: bool) -> Config:
+        """Work that comes before this step's run, and the config the run then takes (default:
+        none, ``cfg`` itself). Must leave ``cfg`` unchanged (return a copy)."""
+        return cfg
+
     def check(self) -> None:
         """Cheap checks of the inputs this step needs, before any model loads (files exist,
         settings agree). Raise a UserError."""
@@ -141,3 +147,22 @@ class TrainingStep:
         """``RUN/final``: every model, each in ``folder/<name>`` (main process)."""
         for name, model in models.items():
             self.save_model(name, model, folder / name)
+
+
+class RetrieverStep(TrainingStep):
+    """A step that trains the retriever alone (``retriever.train_from`` or
+    ``retriever.checkpoint``), no generator loaded, exported as a colbert-ai checkpoint."""
+
+    def build_models(self) -> dict[str, nn.Module]:
+        from jmlr.training import components as parts
+
+        return {"retriever": parts.load_retriever_for_training(self.cfg)}
+
+    def export_copies(self) -> dict[str, nn.Module]:
+        return self.build_models()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"retriever": self.cfg.train.retriever_lr}
+
+    def save_model(self, name: str, model: nn.Module, path: Path) -> None:
+        model.save(path)                                  # type: ignore[operator]

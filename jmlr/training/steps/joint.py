@@ -65,6 +65,14 @@ class JointStep(TrainingStep):
 
     # ------------------------------------------------------------ set-up
 
+    @classmethod
+    def before_run(cls, cfg: Config, resume: bool) -> Config:
+        """With ``distill.before_joint_steps`` > 0: the retriever first distils the base
+        teacher's utilities (jmlr/training/distill_first.py)."""
+        from jmlr.training.distill_first import distill_before_joint
+
+        return distill_before_joint(cfg, resume)
+
     def check(self) -> None:
         from jmlr.training.teacher_file import ensure_teacher_file
 
@@ -209,30 +217,11 @@ class JointStep(TrainingStep):
 
     def evaluate(self, loop: TrainRecipe) -> dict[str, Any]:
         """Dev retrieval metrics (recall@1/7, MRR of gold passages) with the current scorer
-        re-ranking the mined dev candidates; every rank scores a share."""
+        re-ranking the mined dev candidates, and the generator's reading gain."""
         assert self.data is not None
-        data = self.data
-        if not data.dev:
+        if not self.data.dev:
             return {}
-        acc = loop.accelerator
-        bs = max(1, self.cfg.eval.batch_size)
-        mine = data.dev[acc.process_index::acc.num_processes]
-        per_rank = -(-len(data.dev) // acc.num_processes)
-        scored: list[tuple[str, list[str], list[float]]] = []
-
-        def score(models: Mapping[str, nn.Module], queries: list[str], docs: list[list[str]]):
-            return models["retriever"].score(queries, docs)
-
-        with torch.no_grad(), eval_mode(loop.model):
-            for start in range(0, per_rank, bs):      # same number of forwards on every rank
-                chunk = mine[start:start + bs] or data.dev[:1]
-                real = mine[start:start + bs]
-                ids, texts = data.dev_rows(chunk)
-                scores = loop.model(score, [q.query(self.cfg.retriever.query_template)
-                                            for q in chunk], texts)
-                for q, pids, row in zip(real, ids, scores.float().cpu().tolist(), strict=False):
-                    scored.append((q.id, pids, row[:len(pids)]))
-        return {**parts.dev_metrics(data.dev, parts.gather(scored)), **self.reading_gain(loop)}
+        return {**parts.dev_retrieval(loop, self.data, self.cfg), **self.reading_gain(loop)}
 
     def reading_gain(self, loop: TrainRecipe) -> dict[str, Any]:
         """How much the gold passage lowers the generator's loss on the utility span against

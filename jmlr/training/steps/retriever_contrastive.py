@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from jmlr.errors import ConfigError
 from jmlr.registry import TRAINING_STEPS
 from jmlr.training.stats import mean
-from jmlr.training.steps.base import StepOutput, TrainingStep
+from jmlr.training.steps.base import RetrieverStep, StepOutput
 
 if TYPE_CHECKING:
     from jmlr.config import Config
@@ -70,7 +70,7 @@ def info_nce(scores: Tensor, positive: Tensor, seen: Tensor, temperature: float)
 
 
 @TRAINING_STEPS.register("retriever_contrastive")
-class ContrastiveStep(TrainingStep):
+class ContrastiveStep(RetrieverStep):
     """The retriever alone, by InfoNCE over ``contrastive.data`` (module docstring)."""
 
     def __init__(self, cfg: Config) -> None:
@@ -91,17 +91,6 @@ class ContrastiveStep(TrainingStep):
         from jmlr.training.contrastive_data import read_contrastive_rows
 
         return read_contrastive_rows(Path(self.section.data).expanduser())
-
-    def build_models(self) -> dict[str, nn.Module]:
-        from jmlr.training import components as parts
-
-        return {"retriever": parts.load_retriever_for_training(self.cfg)}
-
-    def export_copies(self) -> dict[str, nn.Module]:
-        return self.build_models()
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"retriever": self.cfg.train.retriever_lr}
 
     def compute(self, models: Mapping[str, nn.Module], batch: list[ContrastiveRow],
                 sampler: torch.Generator) -> StepOutput:
@@ -128,6 +117,3 @@ class ContrastiveStep(TrainingStep):
                                  "positive_top1": mean(hits, B),
                                  "passages": mean(M),
                                  "margin": mean(float(finite.sum()), int(finite.numel()))})
-
-    def save_model(self, name: str, model: nn.Module, path: Path) -> None:
-        model.save(path)                                  # type: ignore[operator]
