@@ -126,3 +126,15 @@ def test_train_from_must_be_a_retriever_folder(task, tmp_path):  # noqa: F811
     cfg = loop_config(task, tmp_path / "run", *BASE, f"retriever.train_from={tmp_path / 'none'}")
     with pytest.raises(ConfigError, match="retriever.train_from"):
         run_train(cfg)
+
+
+def test_the_quick_demo_distils_a_few_questions_for_two_steps():
+    from jmlr.config import load_config
+    from jmlr.pipeline import demo_config
+
+    cfg = load_config("configs/demo.yaml", ["distill.before_joint_steps=40", "distill.questions=160"])
+    quick = demo_config(cfg, quick=True).distill
+    assert (quick.before_joint_steps, quick.questions) == (2, 4)
+    assert demo_config(cfg, quick=False).distill.before_joint_steps == 40
+    off = demo_config(load_config("configs/demo.yaml"), quick=True).distill
+    assert off.before_joint_steps == 0
