@@ -236,7 +236,8 @@ def _train_io(cfg: Config, quick: bool) -> DemoIO:
                   files=(cfg.data.corpus, *(getattr(cfg.data, s) for s in splits),
                          *(cfg.candidates_dir / f"{s}.jsonl" for s in splits)),
                   outputs=(run / "checkpoints", run / "final", run / "metrics.jsonl",
-                           run / "train_summary.json", run / "distill"))
+                           run / "train_summary.json",
+                           *([run / "distill"] if cfg.distill.before_joint_steps > 0 else [])))
 
 
 STAGES.register("train", Stage(

@@ -7,6 +7,7 @@ milliseconds; one slow test runs the real demo twice on tiny models."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -300,3 +301,35 @@ def test_the_real_demo_run_twice_keeps_every_stage(tmp_path, monkeypatch, caplog
     assert third["kept"] == ["prepare-demo", "index", "mine"]
     assert third["ran"] == ["train", "evaluate", "report"]
     assert _mtimes(run)["index/jmlr_index.json"] == before["index/jmlr_index.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.colbert
+@pytest.mark.timeout(600)
+def test_the_demo_with_the_distil_switch_distils_first_and_keeps_it(tmp_path, monkeypatch):
+    """``distill.before_joint_steps`` in ``jmlr demo``: the distil run (capped when quick) in
+    RUN/distill, the joint run starting from it, both kept by a second demo."""
+    import yaml
+    from tiny_retrieval import make_tiny_bert
+
+    from jmlr import stages
+
+    monkeypatch.setitem(stages.QUICK, "diseases", 20)
+    monkeypatch.setitem(stages.QUICK, "questions", 20)
+    bert = make_tiny_bert(tmp_path / "tiny-bert")
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.out_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}",
+        f"retriever.checkpoint={bert}", "jmlr.utility_model=base",
+        "distill.before_joint_steps=40", "distill.questions=160"])
+    first = run_demo(cfg, quick=True)
+    run = tmp_path / "run-quick"
+    distil_rows = [json.loads(line) for line in (run / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in distil_rows] == [1, 2]                    # capped when quick
+    teacher = (run / "candidates" / "train.utilities.jsonl").read_text().splitlines()
+    assert len(teacher) == stages.QUICK["teacher_questions"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["retriever"]["train_from"] == str(run / "distill" / "final" / "retriever")
+    assert "trained" in first["metrics"]["modes"]
+    before = _mtimes(run)
+    second = run_demo(cfg, quick=True)
+    assert second["ran"] == [] and _mtimes(run) == before

@@ -36,6 +36,8 @@ def distill_config(cfg: Config) -> Config:
     ...                                          "jmlr.utility_model=base", "generator.lora_r=8"]))
     >>> d.train.step, d.train.max_steps, d.train.batch_size, d.jmlr.teacher_questions, d.run.out_dir
     ('retriever_distill', 40, 8, 64, 'runs/x/distill')
+    >>> str(d.candidates_dir), str(d.index_dir)       # the joint run's, not under runs/x/distill
+    ('runs/x/candidates', 'runs/x/index')
     """
     from jmlr.config_fields import apply_path
 
@@ -48,6 +50,9 @@ def distill_config(cfg: Config) -> Config:
                        ("train.lr_scheduler", "constant"), ("train.eval_every", -1),
                        ("train.save_every", section.before_joint_steps),
                        ("jmlr.teacher_questions", section.questions),
+                       # the joint run's candidates and index, not ones under RUN/distill
+                       ("candidates.path", str(cfg.candidates_dir)),
+                       ("retriever.index_dir", str(cfg.index_dir)),
                        ("run.out_dir", str(Path(cfg.run.out_dir) / FOLDER))]:
         head, name = key.split(".")
         apply_path(getattr(out, head), [name], value, head)
