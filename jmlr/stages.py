@@ -229,8 +229,7 @@ def _train_io(cfg: Config, quick: bool) -> DemoIO:
     splits = _splits(cfg, "train", "dev")
     # A finished training is kept (not retrained); an unfinished one (its record says it
     # started) resumes from its checkpoint while these inputs are unchanged.
-    # "distill": with distill.before_joint_steps > 0 the retriever first learns the teacher's
-    # utilities, in RUN/distill (jmlr/training/distill_first.py).
+    # distill.before_joint_steps > 0: a distil run in RUN/distill first (training/distill_first.py)
     return DemoIO(config=("run.seed", "data", "retriever", "candidates", "generator", "jmlr",
                           "train", "distill"),
                   files=(cfg.data.corpus, *(getattr(cfg.data, s) for s in splits),
