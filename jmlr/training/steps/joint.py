@@ -71,7 +71,7 @@ class JointStep(TrainingStep):
         teacher's utilities (jmlr/training/distill_first.py)."""
         from jmlr.training.distill_first import distill_before_joint
 
-        return distill_before_joint(cfg, resume)
+        return distill_before_joint(cfg)
 
     def check(self) -> None:
         from jmlr.training.teacher_file import ensure_teacher_file

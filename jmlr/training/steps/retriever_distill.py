@@ -6,13 +6,15 @@ utilities (``jmlr utilities``, or ``jmlr.teacher_questions`` = N, which writes i
 N training questions) holds all of it. This step takes many cheap retriever steps over such a
 file, no generator loaded: each micro-batch of rows scores every row's passages with the
 retriever and applies ``distill.objective`` (a registered rank objective) to the scores and the
-row's utilities. ``RUN/final/retriever`` is a colbert-ai checkpoint that ``retriever.checkpoint``
-of a joint run (or ``jmlr index``) starts from; with ``train.eval_every`` the loop logs dev
-retrieval (gold recall and MRR over the mined dev candidates) as the joint step does.
+row's utilities. ``RUN/final/retriever`` is a colbert-ai checkpoint that a joint run starts
+from (``retriever.train_from``; ``distill.before_joint_steps`` does both in one run); with
+``train.eval_every`` the loop logs dev retrieval (gold recall and MRR over the mined dev
+candidates) as the joint step does.
 
 Why a step of its own: a joint step pays (k + 1) generator forwards per question for k
-utilities and gives the retriever one update from a batch of two questions; the file's
-utilities were paid once, and a retriever step over eight of its rows costs ~1 s of a CPU core.
+utilities and gives the retriever one update from a batch of two questions (~12 s on the
+demo's 2-core CPU); the file's utilities were paid once, and a retriever step over eight of its
+rows costs ~7 s there, with no generator in memory.
 """
 
 from __future__ import annotations
