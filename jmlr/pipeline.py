@@ -48,6 +48,15 @@ def demo_config(cfg: Config, quick: bool) -> Config:
             distill = replace(distill, questions=min(distill.questions, QUICK["teacher_questions"]),
                               before_joint_steps=min(distill.before_joint_steps, QUICK["max_steps"]))
             cfg = replace(cfg, extra={**cfg.extra, "distill": distill})
+        warmup = cfg.contrastive
+        if warmup.before_joint_steps > 0:
+            passages = cfg.synthesize.passages or QUICK["teacher_questions"]
+            cfg = replace(cfg, extra={
+                **cfg.extra,
+                "contrastive": replace(warmup, before_joint_steps=min(warmup.before_joint_steps,
+                                                                      QUICK["max_steps"])),
+                "synthesize": replace(cfg.synthesize,
+                                      passages=min(passages, QUICK["teacher_questions"]))})
     return _with_data_dir(cfg, Path(cfg.run.out_dir) / "data")
 
 

@@ -306,9 +306,11 @@ def test_the_real_demo_run_twice_keeps_every_stage(tmp_path, monkeypatch, caplog
 @pytest.mark.slow
 @pytest.mark.colbert
 @pytest.mark.timeout(600)
-def test_the_demo_with_the_distil_switch_distils_first_and_keeps_it(tmp_path, monkeypatch):
-    """``distill.before_joint_steps`` in ``jmlr demo``: the distil run (capped when quick) in
-    RUN/distill, the joint run starting from it, both kept by a second demo."""
+def test_the_demo_with_the_warmup_and_distil_switches_runs_both_first_and_keeps_them(
+        tmp_path, monkeypatch):
+    """``contrastive.before_joint_steps`` and ``distill.before_joint_steps`` in ``jmlr demo``:
+    synthetic rows, the warm-up in RUN/warmup, then the distil run in RUN/distill from it (both
+    capped when quick), the joint run starting from the distil run, all kept by a second demo."""
     import yaml
     from tiny_retrieval import make_tiny_bert
 
@@ -320,13 +322,23 @@ def test_the_demo_with_the_distil_switch_distils_first_and_keeps_it(tmp_path, mo
     cfg = load_config(REPO / "configs" / "tiny.yaml", [
         f"run.out_dir={tmp_path / 'run'}", f"run.cache_dir={tmp_path / 'cache'}",
         f"retriever.checkpoint={bert}", "jmlr.utility_model=base",
-        "distill.before_joint_steps=40", "distill.questions=160"])
+        "distill.before_joint_steps=40", "distill.questions=160",
+        "contrastive.before_joint_steps=30", "synthesize.passages=100",
+        "synthesize.min_words=1", "synthesize.max_new_tokens=12"])
     first = run_demo(cfg, quick=True)
     run = tmp_path / "run-quick"
-    distil_rows = [json.loads(line) for line in (run / "distill" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in distil_rows] == [1, 2]                    # capped when quick
+
+    def steps(folder):
+        return [json.loads(line)["step"]
+                for line in (run / folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert steps("warmup") == [1, 2] and steps("distill") == [1, 2]      # capped when quick
+    synthetic = (run / "synthetic.jsonl").read_text().splitlines()
+    assert 1 <= len(synthetic) <= stages.QUICK["teacher_questions"]     # passages capped too
     teacher = (run / "candidates" / "train.utilities.jsonl").read_text().splitlines()
     assert len(teacher) == stages.QUICK["teacher_questions"]
+    distil = yaml.safe_load((run / "distill" / "config.yaml").read_text())
+    assert distil["retriever"]["train_from"] == str(run / "warmup" / "final" / "retriever")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["retriever"]["train_from"] == str(run / "distill" / "final" / "retriever")
     assert "trained" in first["metrics"]["modes"]

@@ -34,12 +34,22 @@ class ContrastiveConfig:
     temperature: float = 1.0
     hard_negatives: int = 3                 # per row: its first N negatives (0: in-batch only)
     in_batch_negatives: bool = True         # the other rows' passages are negatives too
+    # > 0: a joint run (`jmlr train`, `jmlr demo`) first takes this many retriever_contrastive
+    # steps into RUN/warmup, over `data`, or when it is empty over the rows `jmlr synthesize`
+    # writes for the config (synthesize.out; written first when missing), and its retriever
+    # starts from what they learned (jmlr/training/warmup_first.py). 0: no warm-up.
+    before_joint_steps: int = 0
+    batch_size: int = 16                    # rows per warm-up step: more rows, more in-batch negatives
+    lr: float = 1.0e-4
 
     def validate(self, key: str) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"{key}.temperature must be > 0")
-        if self.hard_negatives < 0:
-            raise ConfigError(f"{key}.hard_negatives must be >= 0")
+        for ok, message in [(self.temperature > 0, "temperature must be > 0"),
+                            (self.hard_negatives >= 0, "hard_negatives must be >= 0"),
+                            (self.before_joint_steps >= 0, "before_joint_steps must be >= 0"),
+                            (self.batch_size >= 1, "batch_size must be >= 1"),
+                            (self.lr > 0, "lr must be > 0")]:
+            if not ok:
+                raise ConfigError(f"{key}.{message}")
 
 
 @dataclass(frozen=True)

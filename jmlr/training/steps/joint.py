@@ -67,11 +67,12 @@ class JointStep(TrainingStep):
 
     @classmethod
     def before_run(cls, cfg: Config, resume: bool) -> Config:
-        """With ``distill.before_joint_steps`` > 0: the retriever first distils the base
-        teacher's utilities (jmlr/training/distill_first.py)."""
-        from jmlr.training.distill_first import distill_before_joint
+        """With ``contrastive.before_joint_steps`` or ``distill.before_joint_steps`` > 0: the
+        retriever first warms up on synthetic rows, or distils the base teacher's utilities, or
+        both in that order (jmlr/training/before_joint.py)."""
+        from jmlr.training.before_joint import before_joint
 
-        return distill_before_joint(cfg)
+        return before_joint(cfg)
 
     def check(self) -> None:
         from jmlr.training.teacher_file import ensure_teacher_file
