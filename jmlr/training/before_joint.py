@@ -34,7 +34,7 @@ ORDER = ("jmlr.training.warmup_first:WARMUP", "jmlr.training.distill_first:DISTI
 
 @dataclass(frozen=True)
 class FirstRun:
-    name: str                                   # RUN/<name>, and the word the log uses
+    name: str                                   # its folder, RUN/<name>
     noun: str                                   # "distil": "RUN/distill holds a distil run"
     section: str                                # <section>.before_joint_steps switches it on
     what: str                                   # "distilling the teacher into the retriever"
