@@ -229,19 +229,13 @@ def _train_io(cfg: Config, quick: bool) -> DemoIO:
     splits = _splits(cfg, "train", "dev")
     # A finished training is kept (not retrained); an unfinished one (its record says it
     # started) resumes from its checkpoint while these inputs are unchanged.
-    # contrastive / distill.before_joint_steps > 0: retriever runs in RUN/warmup, RUN/distill
-    # first (training/before_joint.py); the warm-up's synthetic rows are its own output too
-    first = [run / "distill"] if cfg.distill.before_joint_steps > 0 else []
-    warmup: tuple[str, ...] = ()
-    if cfg.contrastive.before_joint_steps > 0:
-        from jmlr.retrieval.synthesis import meta_path
-        from jmlr.training.warmup_first import rows_path
+    # Retriever runs before the joint run (distill / contrastive.before_joint_steps > 0;
+    # training/before_joint.py): their sections and folders, and the files they prepare.
+    from jmlr.training.before_joint import switched_on
 
-        rows = Path(rows_path(cfg))
-        first += [run / "warmup"] + ([] if cfg.contrastive.data else [rows, meta_path(rows)])
-        warmup = ("contrastive", "synthesize")
-    return DemoIO(config=("run.seed", "data", "retriever", "candidates", "generator", "jmlr",
-                          "train", "distill", *warmup),
+    first_keys, first = switched_on(cfg)
+    keys = ("run.seed", "data", "retriever", "candidates", "generator", "jmlr", "train", "distill")
+    return DemoIO(config=tuple(dict.fromkeys((*keys, *first_keys))),
                   files=(cfg.data.corpus, *(getattr(cfg.data, s) for s in splits),
                          *(cfg.candidates_dir / f"{s}.jsonl" for s in splits)),
                   outputs=(run / "checkpoints", run / "final", run / "metrics.jsonl",

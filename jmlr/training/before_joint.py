@@ -40,6 +40,10 @@ class FirstRun:
     what: str                                   # "distilling the teacher into the retriever"
     sub_config: Callable[[Config], Config]      # the sub-run's config from the joint run's
     prepare: Callable[[Config, Config], None] | None = None   # (joint cfg, sub cfg): inputs
+    # Beyond RUN/<name>: the config sections and the files that prepare() writes, which the
+    # demo's train stage depends on and removes before training again (jmlr/stages.py).
+    sections: tuple[str, ...] = ()
+    writes: Callable[[Config], list[Path]] | None = None
 
     def enabled(self, cfg: Config) -> bool:
         return getattr(cfg, self.section).before_joint_steps > 0
@@ -51,6 +55,25 @@ def first_runs() -> list[FirstRun]:
         module, attribute = entry.split(":")
         out.append(getattr(importlib.import_module(module), attribute))
     return out
+
+
+def switched_on(cfg: Config) -> tuple[tuple[str, ...], list[Path]]:
+    """The config sections and the outputs of ``cfg``'s switched-on runs of :data:`ORDER`.
+
+    >>> from jmlr.config import load_config
+    >>> keys, paths = switched_on(load_config(None, ["run.out_dir=runs/x",
+    ...                                              "distill.before_joint_steps=4"]))
+    >>> keys, [str(p) for p in paths]
+    (('distill',), ['runs/x/distill'])
+    """
+    keys: list[str] = []
+    paths: list[Path] = []
+    for first in first_runs():
+        if first.enabled(cfg):
+            keys += [first.section, *first.sections]
+            paths += [Path(cfg.run.out_dir) / first.name,
+                      *(first.writes(cfg) if first.writes else [])]
+    return tuple(keys), paths
 
 
 def retriever_run_config(cfg: Config, name: str, step: str, steps: int, batch_size: int,

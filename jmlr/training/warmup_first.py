@@ -12,6 +12,7 @@ before joint training".
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jmlr.training.before_joint import FirstRun, retriever_run_config
@@ -44,7 +45,6 @@ def warmup_config(cfg: Config) -> Config:
 def write_rows(cfg: Config, sub: Config) -> None:
     """Synthesise (or complete) the rows when the config names none; in one process only."""
     import json
-    from pathlib import Path
 
     from jmlr.errors import ConfigError
     from jmlr.retrieval.synthesis import meta_path, run_synthesize
@@ -61,6 +61,16 @@ def write_rows(cfg: Config, sub: Config) -> None:
     run_synthesize(cfg)
 
 
+def written_rows(cfg: Config) -> list[Path]:
+    """The rows file and its meta when the warm-up synthesises them (none for named rows)."""
+    from jmlr.retrieval.synthesis import meta_path
+
+    if cfg.contrastive.data:
+        return []
+    rows = Path(rows_path(cfg))
+    return [rows, meta_path(rows)]
+
+
 WARMUP = FirstRun(name="warmup", noun="warm-up", section="contrastive",
                   what="warming the retriever up on synthetic rows", sub_config=warmup_config,
-                  prepare=write_rows)
+                  prepare=write_rows, sections=("synthesize",), writes=written_rows)
