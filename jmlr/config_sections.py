@@ -194,11 +194,16 @@ class JMLRConfig:
     # for the first N training questions where it is missing or shorter, so that one
     # `jmlr train` or `jmlr demo` does both (jmlr/training/teacher_file.py: ensure_teacher_file).
     teacher_questions: int = 0
+    # Candidates per question in that file: the retriever's top `teacher_top` mined passages
+    # (0: sample_pool, or all candidates.top_n). The file costs questions x (top + 1) forwards.
+    teacher_top: int = 0
 
     def validate(self, key: str) -> None:
         _require([
             (self.replay_questions >= 0, "jmlr.replay_questions must be >= 0"),
             (self.teacher_questions >= 0, "jmlr.teacher_questions must be >= 0"),
+            (self.teacher_top == 0 or self.teacher_top >= 2,
+             "jmlr.teacher_top must be 0 (jmlr.sample_pool) or at least 2 (an order needs two)"),
             (self.replay_questions == 0 or self.utility_model == "base" or not self.train_generator,
              "jmlr.replay_questions > 0 replays cached utilities, which stay exact only for a "
              "teacher that does not train: set jmlr.utility_model=base"),

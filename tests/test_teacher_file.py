@@ -156,3 +156,20 @@ def test_teacher_questions_writes_the_file_before_training_and_keeps_it(task, tm
     with pytest.raises(ConfigError, match="before a multi-process run, in one process: jmlr "
                                           "utilities -c CONFIG --limit 3"):
         ensure_teacher_file(more)
+
+
+def test_teacher_top_writes_the_first_passages_with_the_values_of_the_whole_list(
+        task, utilities_file, tmp_path):  # noqa: F811
+    from jmlr.training.teacher_file import meta_path, run_teacher_utilities
+
+    out = tmp_path / "top2.jsonl"
+    cfg = loop_config(task, task.root / "unused", *BASE, "jmlr.teacher_top=2")
+    run_teacher_utilities(cfg, limit=2, out=out)
+    short = [json.loads(line) for line in out.read_text().splitlines()]
+    whole = [json.loads(line) for line in utilities_file.read_text().splitlines()][:2]
+    assert [r["passage_ids"] for r in short] == [r["passage_ids"][:2] for r in whole]
+    # A passage's utility does not depend on which others share its batch.
+    for a, b in zip(short, whole, strict=True):
+        assert a["utilities"] == pytest.approx(b["utilities"][:2], abs=1e-4)
+        assert a["baseline"] == pytest.approx(b["baseline"], abs=1e-4)
+    assert json.loads(meta_path(out).read_text())["top"] == 2

@@ -34,6 +34,9 @@ class DistillConfig:
     # (jmlr/training/distill_first.py). 0: the joint run starts from retriever.checkpoint.
     before_joint_steps: int = 0
     questions: int = 64
+    # Mined candidates per question the teacher scores (jmlr.teacher_top of the distil run; 0:
+    # jmlr.teacher_top, else jmlr.sample_pool): the file costs questions x (top + 1) forwards.
+    top: int = 0
     batch_size: int = 8                     # file rows per retriever step
     lr: float = 1.0e-4
 
@@ -41,6 +44,7 @@ class DistillConfig:
         for ok, message in [
             (self.before_joint_steps >= 0, "before_joint_steps must be >= 0"),
             (self.questions >= 1, "questions must be >= 1"),
+            (self.top == 0 or self.top >= 2, "top must be 0 (jmlr.teacher_top) or at least 2"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
         ]:

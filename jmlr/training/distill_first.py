@@ -31,13 +31,17 @@ def distill_config(cfg: Config) -> Config:
     ...                                          "jmlr.utility_model=base", "generator.lora_r=8"]))
     >>> d.train.step, d.train.max_steps, d.train.batch_size, d.jmlr.teacher_questions, d.run.out_dir
     ('retriever_distill', 40, 8, 64, 'runs/x/distill')
+    >>> distill_config(load_config(None, ["distill.before_joint_steps=4", "distill.top=5",
+    ...                                   "jmlr.utility_model=base"])).jmlr.teacher_top
+    5
     >>> str(d.candidates_dir), str(d.index_dir)       # the joint run's, not under runs/x/distill
     ('runs/x/candidates', 'runs/x/index')
     """
     section = cfg.distill
     return retriever_run_config(cfg, "distill", "retriever_distill", section.before_joint_steps,
                                 section.batch_size, section.lr,
-                                [("jmlr.teacher_questions", section.questions)])
+                                [("jmlr.teacher_questions", section.questions),
+                                 ("jmlr.teacher_top", section.top or cfg.jmlr.teacher_top)])
 
 
 DISTILL = FirstRun(name="distill", noun="distil", section="distill",

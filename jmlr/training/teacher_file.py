@@ -201,9 +201,10 @@ def _resume(path: Path, meta: dict[str, Any], overwrite: bool) -> set[str]:
 
 def run_teacher_utilities(cfg: Config, split: str = "train", top: int = 0, limit: int = 0,
                           out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Write the base generator's utilities of the first ``top`` mined candidates (0: the
-    sampling pool, ``jmlr.sample_pool``, or all ``candidates.top_n``) of the first ``limit``
-    questions of ``split`` (0: all), and the no-passage baseline of each. Returns a summary."""
+    """Write the base generator's utilities of the first ``top`` mined candidates (0:
+    ``jmlr.teacher_top``, else the sampling pool ``jmlr.sample_pool``, else all
+    ``candidates.top_n``) of the first ``limit`` questions of ``split`` (0: all), and the
+    no-passage baseline of each. Returns a summary."""
     from tqdm.auto import tqdm
 
     from jmlr.data import load_corpus_from_config, load_split
@@ -215,7 +216,7 @@ def run_teacher_utilities(cfg: Config, split: str = "train", top: int = 0, limit
 
     if cfg.candidates.source != "mined":
         raise ConfigError("jmlr utilities needs mined candidates (candidates.source=mined)")
-    top = top or cfg.jmlr.sample_pool or cfg.candidates.top_n
+    top = top or cfg.jmlr.teacher_top or cfg.jmlr.sample_pool or cfg.candidates.top_n
     path = Path(out) if out else default_path(cfg, split)
     parts.mined_file(cfg, split)
     questions = load_split(cfg.data, split)
