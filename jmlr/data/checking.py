@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from jmlr.data.formats import QUESTION_FORMATS, _format_list, _kind_of_row, load_questions, sniff
+from jmlr.data.format_detect import _format_list, _kind_of_row, sniff
+from jmlr.data.formats import QUESTION_FORMATS, load_questions
 from jmlr.data.kb import check_kb
 from jmlr.data.rows import first_row
 from jmlr.data.schema import MCQ

@@ -50,15 +50,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jmlr.data.kb import is_kb_row
+from jmlr.data.format_detect import (  # noqa: F401  (re-exported: jmlr.data.formats was their home)
+    check_format_name,
+    detect_format,
+    format_of_keys,
+    sniff,
+)
 from jmlr.data.refparse import parse_output, split_options
 from jmlr.data.rows import (
-    JSON_SUFFIXES,
-    first_row,
     iter_csv_records,
     iter_json_rows,
     iter_parquet_rows,
-    require_file,
 )
 from jmlr.data.schema import LETTERS, MCQ, check_unique_ids, option_letters
 from jmlr.errors import DataError
@@ -276,61 +278,6 @@ QUESTION_FORMATS.register("jmlr_ref", QuestionFormat(
     _from_jmlr_ref, lambda keys: {"input", "output"} <= keys, detect_order=10))
 
 
-def _format_list() -> str:
-    return ", ".join(QUESTION_FORMATS.names())
-
-
-def _kind_of_row(row: dict[str, Any]) -> tuple[str, str] | None:
-    """(kind, format) judged from one row's keys, or None when nothing fits."""
-    keys = set(row)
-    if is_kb_row(row):
-        return "kb", "kb"
-    detectors = sorted(((fmt.detect_order, name, fmt.detect) for name, fmt in QUESTION_FORMATS.items()
-                        if fmt.detect is not None), key=lambda item: item[:2])
-    for _, name, detect in detectors:
-        if detect(keys):
-            return "questions", name
-    if keys & {"id", "_id", "pid", "docid"} and keys & {"text", "content", "contents"}:
-        return "corpus", ""  # jsonl or parquet: the caller knows the extension
-    return None
-
-
-def sniff(path: str | Path) -> tuple[str, str]:
-    """Whether ``path`` holds questions, passages or KB concepts, and in which format.
-
-    Returns ("questions", question format), ("corpus", corpus format) or ("kb", "kb"). Raises DataError
-    naming the file and listing the known formats when nothing fits.
-    """
-    path = require_file(path)
-    suffix = path.suffix.lower()
-    for name, fmt in QUESTION_FORMATS.items():
-        if suffix in fmt.suffixes:
-            return "questions", name
-    if suffix == ".tsv":
-        return "corpus", "tsv"
-    if suffix == ".parquet" or suffix in JSON_SUFFIXES:
-        judged = _kind_of_row(first_row(path))
-        if judged is not None:
-            kind, fmt = judged
-            if kind == "corpus":
-                fmt = "parquet" if suffix == ".parquet" else "jsonl"
-            return kind, fmt
-    raise DataError(path, None, "format",
-                    "cannot tell the format from the extension and the first row's keys; "
-                    f"name it with --format / data.format (question formats: {_format_list()}; "
-                    "corpus formats: jsonl, tsv, parquet; knowledge base: kb)")
-
-
-def detect_format(path: str | Path) -> str:
-    """The question format of ``path`` from its extension and first row's keys."""
-    kind, fmt = sniff(path)
-    if kind != "questions":
-        what = "a knowledge base" if kind == "kb" else f"a passage corpus ({fmt})"
-        raise DataError(path, None, "format", f"looks like {what}, not a question file "
-                        f"(question formats: {_format_list()})")
-    return fmt
-
-
 def _rows(path: Path, fmt: QuestionFormat) -> Iterator[tuple[int, dict[str, Any]]]:
     if fmt.csv:
         for line, record in iter_csv_records(path):
@@ -381,12 +328,6 @@ def load_questions(path: str | Path, fmt: str = "auto",
     return read_rows(rows, path, fmt, format_options)
 
 
-def check_format_name(fmt: str, where: str | Path) -> None:
-    if fmt not in QUESTION_FORMATS:
-        raise DataError(where, None, "format",
-                        f"unknown question format {fmt!r} (known: auto, {_format_list()})")
-
-
 def read_rows(rows: Iterable[tuple[int, dict[str, Any]]], path: str | Path, fmt: str,
               format_options: dict[str, Any] | None = None) -> list[MCQ]:
     """Validated MCQs with unique ids from ``(line, row)`` pairs of question format ``fmt``;
@@ -403,17 +344,6 @@ def read_rows(rows: Iterable[tuple[int, dict[str, Any]]], path: str | Path, fmt:
     check_unique_ids(zip(lines, (q.id for q in questions), strict=True), path, "question")
     log.info("read %d questions from %s (format %s)", len(questions), path, fmt)
     return questions
-
-
-def format_of_keys(keys: set[str], where: str | Path) -> str:
-    """The question format that a row with these keys is in (a DataError when none is)."""
-    judged = _kind_of_row(dict.fromkeys(keys))
-    if judged is None or judged[0] != "questions":
-        what = "no question format" if judged is None else f"a {judged[0]}, not questions"
-        raise DataError(where, None, "format", f"its columns ({', '.join(sorted(keys))}) fit "
-                        f"{what}; name one with --format / data.format "
-                        f"(question formats: {_format_list()})")
-    return judged[1]
 
 
 def write_questions(path: str | Path, questions: Iterable[MCQ]) -> int:
