@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from test_loop import loop_overrides, task  # noqa: F401  (the tiny task)
+from test_loop import loop_overrides, reference, task  # noqa: F401  (the tiny task, a trained run)
 
 from jmlr.alignment.sampling import pairs_from_samples
 from jmlr.data.formats import write_questions
@@ -177,3 +177,31 @@ def test_bad_preference_rows_are_refused_before_anything_loads(task, tmp_path, r
     code, _, err = run_cli("sft", "-c", task.config_path,
                            *loop_overrides(task, run_dir, f"sft.data={chat}"))
     assert code == 2 and f"{chat}:1" in err and "assistant" in err and not run_dir.exists()
+
+
+def test_a_run_started_from_another_reads_that_runs_index_and_candidates(
+        task, reference, with_rationales, tmp_path, run_cli):  # noqa: F811
+    """As the README chains them: `jmlr sft ... run.out_dir=NEW sft.start_from=RUN` with no
+    index or candidates of its own; NEW/config.yaml then names RUN's, for the next step."""
+    import yaml
+
+    root, _, kb = with_rationales
+    start, _ = reference
+    fresh = tmp_path / "sft"
+    own = [f"run.out_dir={fresh}", f"data.train={root / 'train.jsonl'}", f"factuality.kb={kb}",
+           f"sft.start_from={start}", "sft.max_steps=1", *(f"sft.{o}" for o in TRAIN)]
+    code, _, err = run_cli("sft", "-c", task.config_path, *own)
+    assert code == 0, err
+    saved = yaml.safe_load((fresh / "config.yaml").read_text())
+    assert saved["retriever"]["index_dir"] == str(task.cfg.index_dir)
+    assert saved["candidates"]["path"] == str(task.root / "loop_candidates")
+
+    # A start run with neither, and none in its folder: one line before any model loads.
+    bare = tmp_path / "bare"
+    for part in ("final/generator", "final/retriever"):
+        (bare / part).mkdir(parents=True)
+    (bare / "config.yaml").write_text("run: {out_dir: elsewhere}\n")
+    code, _, err = run_cli("sft", "-c", task.config_path, *own[:-len(TRAIN) - 2],
+                           f"sft.start_from={bare}", f"run.out_dir={tmp_path / 'sft2'}")
+    assert code == 2 and "no passages to read" in err and str(bare / "index") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "sft2" / "sft-checkpoints").exists()

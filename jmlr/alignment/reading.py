@@ -2,8 +2,9 @@
 same retriever ordering and training template as evaluation, so that the generator is aligned
 in the setting where it will answer.
 
-``start_from`` names a trained run: its retriever orders the candidates. Empty: the configured
-retriever (``retriever.checkpoint``) does.
+``start_from`` names a trained run: its retriever orders the candidates, drawn from that run's
+index and mined candidates unless the config names its own (:func:`reading_config`). Empty: the
+configured retriever (``retriever.checkpoint``) does, over the configured index.
 """
 
 from __future__ import annotations
@@ -15,6 +16,57 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jmlr.config import Config
     from jmlr.data.schema import MCQ
+
+
+def reading_config(cfg: Config, start_from: str) -> Config:
+    """``cfg`` with the start run's index and mined candidates where it names none of its own.
+
+    Why: an alignment run writes to a new folder (``run.out_dir``), where the derived
+    ``RUN/index`` and ``RUN/candidates`` do not exist; the passages it should read are those of
+    the run it starts from. That run's ``config.yaml`` says where they are (an explicit
+    ``retriever.index_dir`` / ``candidates.path``, else its own folder's ``index`` /
+    ``candidates``), so a chain sft -> preferences -> dpo keeps reading from the first index.
+
+    >>> from jmlr.config import load_config
+    >>> cfg = load_config(None, ["run.out_dir=runs/b", "retriever.index_dir=elsewhere"])
+    >>> out = reading_config(cfg, "runs/missing-a")     # no config.yaml there: its own folder
+    >>> out.retriever.index_dir, out.candidates.path
+    ('elsewhere', 'runs/missing-a/candidates')
+    >>> reading_config(cfg, "") is cfg
+    True
+    """
+    import dataclasses
+
+    import yaml
+
+    if not start_from:
+        return cfg
+    run_dir = Path(start_from)
+    saved: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    index = (cfg.retriever.index_dir or (saved.get("retriever") or {}).get("index_dir")
+             or str(run_dir / "index"))
+    candidates = (cfg.candidates.path or (saved.get("candidates") or {}).get("path")
+                  or str(run_dir / "candidates"))
+    return dataclasses.replace(
+        cfg, retriever=dataclasses.replace(cfg.retriever, index_dir=index),
+        candidates=dataclasses.replace(cfg.candidates, path=candidates))
+
+
+def check_reading(cfg: Config, split: str) -> None:
+    """Before any model loads: the passages can be found, as mined candidates of ``split`` or
+    an index to search (ConfigError naming both places otherwise)."""
+    from jmlr.errors import ConfigError
+    from jmlr.retrieval.backends import backend_for
+
+    if cfg.jmlr.r_read == 0:
+        return
+    mined = cfg.candidates_dir / f"{split}.jsonl"
+    if not mined.is_file() and not backend_for(cfg).index_exists(cfg):
+        raise ConfigError(f"no passages to read for the {split} questions: neither mined "
+                          f"candidates ({mined}) nor an index ({cfg.index_dir}); name the run "
+                          "they belong to (start_from) or set retriever.index_dir / candidates.path")
 
 
 def passages_read(cfg: Config, split: str, questions: Sequence[MCQ], start_from: str,

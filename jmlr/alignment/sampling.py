@@ -126,6 +126,7 @@ def pairs_from_samples(rows: Sequence[dict[str, Any]], signal: str, per_question
 
 def check_inputs(cfg: Config) -> None:
     """Everything the command reads, located before anything loads."""
+    from jmlr.alignment.reading import check_reading
     from jmlr.data import locate_questions
     from jmlr.data.kb import resolve_kb
     from jmlr.evaluation.passages import check_run_dir
@@ -149,6 +150,7 @@ def check_inputs(cfg: Config) -> None:
     resolve_source(cfg.generator.model)
     backend = backend_for(cfg)
     backend.check_checkpoint(cfg)
+    check_reading(cfg, pref.split)
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -185,9 +187,11 @@ def _resume(path: Path, meta: dict[str, Any], overwrite: bool) -> set[str]:
 
 def run_preferences(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     """Sample, score and pair (module docstring); returns a summary."""
+    from jmlr.alignment.reading import reading_config
     from jmlr.data import load_split
     from jmlr.io import atomic_write, write_json
 
+    cfg = reading_config(cfg, cfg.preferences.start_from)      # the start run's passages
     pref = cfg.preferences
     check_inputs(cfg)
     questions = load_split(cfg.data, pref.split)

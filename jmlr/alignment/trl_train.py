@@ -126,6 +126,7 @@ def section(cfg: Config, kind: str) -> Any:
 def check_inputs(cfg: Config, kind: str) -> list[dict[str, Any]] | None:
     """Locate (and read, for files) everything before any model loads. Returns the rows of
     a data file, or None for ``sft.data: questions`` (built after the models load)."""
+    from jmlr.alignment.reading import check_reading
     from jmlr.data import locate_questions
     from jmlr.evaluation.passages import check_run_dir
     from jmlr.generation.sources import resolve_source
@@ -138,6 +139,7 @@ def check_inputs(cfg: Config, kind: str) -> list[dict[str, Any]] | None:
     if kind == "sft" and spec.data == "questions":
         locate_questions(getattr(cfg.data, spec.split, None) or "", f"data.{spec.split}")
         resolve_location(cfg.data.corpus, "data.corpus")
+        check_reading(cfg, spec.split)
         return None
     if not spec.data:
         raise ConfigError(f"{kind}.data is empty: name a jsonl file of "
@@ -234,8 +236,10 @@ def run_alignment(cfg: Config, kind: str, overwrite: bool = False) -> dict[str, 
     import torch
     from datasets import Dataset
 
+    from jmlr.alignment.reading import reading_config
     from jmlr.device import resolve_device
 
+    cfg = reading_config(cfg, section(cfg, kind).start_from)   # the start run's passages
     spec = section(cfg, kind)
     rows = check_inputs(cfg, kind)
     run_dir = prepare_run_dir(cfg, kind, overwrite)
