@@ -15,7 +15,8 @@ from jmlr.stage import Stage
 def _utilities_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="the questions' split (default train)")
     p.add_argument("--top", type=int, default=0, help="mined candidates per question (0: "
-                   "jmlr.sample_pool, the pool the joint step draws from, or candidates.top_n)")
+                   "jmlr.teacher_top, else jmlr.sample_pool, the pool the joint step draws "
+                   "from, else candidates.top_n)")
     p.add_argument("--limit", type=int, default=0, help="the first N questions only (0: all)")
     p.add_argument("--out", default=None,
                    help="the file to write (default: candidates.path/<split>.utilities.jsonl)")
