@@ -37,17 +37,14 @@ def reading_config(cfg: Config, start_from: str) -> Config:
     """
     import dataclasses
 
-    import yaml
+    from jmlr.evaluation.passages import saved_section
 
     if not start_from:
         return cfg
     run_dir = Path(start_from)
-    saved: dict[str, Any] = {}
-    if (run_dir / "config.yaml").is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    index = (cfg.retriever.index_dir or (saved.get("retriever") or {}).get("index_dir")
+    index = (cfg.retriever.index_dir or saved_section(run_dir, "retriever").get("index_dir")
              or str(run_dir / "index"))
-    candidates = (cfg.candidates.path or (saved.get("candidates") or {}).get("path")
+    candidates = (cfg.candidates.path or saved_section(run_dir, "candidates").get("path")
                   or str(run_dir / "candidates"))
     return dataclasses.replace(
         cfg, retriever=dataclasses.replace(cfg.retriever, index_dir=index),

@@ -33,27 +33,26 @@ def check_run_dir(run_dir: Path) -> None:
                               "by a finished `jmlr train` (or leave out mode 'trained')")
 
 
+def saved_section(run_dir: Path, name: str) -> dict[str, Any]:
+    """Section ``name`` of the run's saved ``config.yaml``; {} when the file, the section or
+    its YAML is missing or unreadable (callers fall back to their defaults)."""
+    try:
+        section = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+                   or {}).get(name) or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return section if isinstance(section, dict) else {}
+
+
 def trained_base_model(run_dir: Path) -> str | None:
     """``generator.model`` as the run's saved config names it (None when unknown)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return None
-    try:
-        section = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("generator") or {}
-    except yaml.YAMLError:
-        return None
-    model = section.get("model") if isinstance(section, dict) else None
+    model = saved_section(run_dir, "generator").get("model")
     return str(model) if model else None
 
 
 def what_trained(run_dir: Path) -> dict[str, bool]:
     """Which models the run's saved config trained (both, when it cannot tell)."""
-    saved = run_dir / "config.yaml"
-    try:
-        section = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("jmlr") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        section = {}
-    section = section if isinstance(section, dict) else {}
+    section = saved_section(run_dir, "jmlr")
     return {"trained_generator": bool(section.get("train_generator", True)),
             "trained_retriever": bool(section.get("train_retriever", True))}
 
