@@ -231,6 +231,23 @@ def test_save_and_load_give_identical_scores_in_colbert_format(scorer, tmp_path)
     assert cb.is_colbert_checkpoint(saved)
 
 
+def test_a_checkpoint_saves_from_a_checkout_with_a_detached_head(scorer, tmp_path, monkeypatch):
+    """colbert-ai records the working directory's git branch in every config it saves, and
+    gitpython raises TypeError on a detached HEAD (a tag, a CI job): the save must not fail."""
+    import subprocess
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run([*git, "checkout", "-q", "--detach"], check=True)
+    monkeypatch.chdir(repo)
+    saved = scorer.save(tmp_path / "detached")
+    meta = json.loads((saved / "artifact.metadata").read_text())
+    assert "git_branch" not in meta["meta"] and meta["meta"]["hostname"]
+
+
 # --- PLAID index ------------------------------------------------------------------------
 
 

@@ -146,6 +146,50 @@ def install_extension_guard() -> None:
 install_extension_guard()
 
 
+def _metadata_despite_git(original: Any) -> Any:
+    """Wrap colbert-ai's ``get_metadata_only`` (written into every config it saves: each
+    checkpoint and index) so that the git details it reads from the working directory are
+    left out when gitpython cannot give them. It only expects "not a repository"; in a
+    checkout with a detached HEAD (a tag, a CI job, a worktree) ``active_branch`` raises
+    TypeError, and every save would fail after training had run."""
+
+    @functools.wraps(original)
+    def get_metadata_only() -> Any:
+        try:
+            return original()
+        except Exception as err:        # noqa: BLE001  (gitpython's errors vary by state)
+            import socket
+            import time
+
+            from colbert.utils.utils import dotdict
+
+            log.debug("colbert-ai metadata without git details: %s", err)
+            return dotdict(hostname=socket.gethostname(), cmd=" ".join(sys.argv),
+                           current_datetime=time.strftime("%b %d, %Y ; %l:%M%p %Z (%z)"))
+
+    get_metadata_only.jmlr_compat = True  # type: ignore[attr-defined]
+    return get_metadata_only
+
+
+def install_metadata_guard() -> None:
+    """Apply :func:`_metadata_despite_git` to every colbert-ai module that bound the original
+    by name (idempotent)."""
+    from utility.utils import save_metadata
+
+    original = save_metadata.get_metadata_only
+    if getattr(original, "jmlr_compat", False):
+        return
+    patched = _metadata_despite_git(original)
+    save_metadata.get_metadata_only = patched
+    for name, module in list(sys.modules.items()):
+        if (name == "colbert" or name.startswith("colbert.")) and \
+                getattr(module, "get_metadata_only", None) is original:
+            module.get_metadata_only = patched
+
+
+install_metadata_guard()
+
+
 class _LogLines(io.TextIOBase):
     """A text stream that sends each complete line to ``log.debug``."""
 
