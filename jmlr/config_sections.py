@@ -139,6 +139,11 @@ class GeneratorConfig:
     train_norms: bool = True
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
+    # A run folder (jmlr sft, jmlr train, ...) whose trained generator this run starts from:
+    # its weights, adapters merged in, replace generator.model's before this run's own LoRA
+    # goes on; base-model utilities and evaluation's base mode read them too. generator.model
+    # stays the architecture and tokenizer they were trained from.
+    train_from: str = ""
 
     def validate(self, key: str) -> None:
         _require([

@@ -344,3 +344,16 @@ def check_safetensors(path: str | Path) -> None:
     except (SafetensorError, OSError) as err:
         raise DataError(path, None, None, f"damaged safetensors file ({err}); copy or export "
                         "it again") from None
+
+
+def saved_section(run_dir: str | Path, name: str) -> dict[str, Any]:
+    """Section ``name`` of a run's saved ``config.yaml``; {} when the file, the section or
+    its YAML is missing or unreadable (callers fall back to their defaults)."""
+    import yaml
+
+    try:
+        section = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+                   or {}).get(name) or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return section if isinstance(section, dict) else {}

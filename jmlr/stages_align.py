@@ -27,9 +27,13 @@ def _preferences(cfg: Config, args: argparse.Namespace) -> None:
 
 def _trainer(kind: str):  # noqa: ANN202  (a stage function)
     def run(cfg: Config, args: argparse.Namespace) -> None:
+        from accelerate import PartialState
+
         from jmlr.alignment.trl_train import run_alignment
 
-        print(json.dumps(run_alignment(cfg, kind, overwrite=args.overwrite), indent=2))
+        summary = run_alignment(cfg, kind, overwrite=args.overwrite)
+        if PartialState().is_main_process:      # one summary under accelerate launch
+            print(json.dumps(summary, indent=2))
     return run
 
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from test_loop import loop_overrides, reference, task  # noqa: F401  (the tiny task, a trained run)
+from test_loop import loop_config, loop_overrides, reference, task  # noqa: F401  (the tiny task, a trained run)
 
 from jmlr.alignment.sampling import pairs_from_samples
 from jmlr.data.formats import write_questions
@@ -205,3 +209,117 @@ def test_a_run_started_from_another_reads_that_runs_index_and_candidates(
                            f"sft.start_from={bare}", f"run.out_dir={tmp_path / 'sft2'}")
     assert code == 2 and "no passages to read" in err and str(bare / "index") in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "sft2" / "sft-checkpoints").exists()
+
+
+def _synthetic_rows(task, path):  # noqa: F811
+    """``jmlr synthesize``'s layout, by hand: a question about each of four passages."""
+    rows = [{"query_id": f"syn-{p.id}", "query": f"Which condition is described here, number {i}?",
+             "positive_id": p.id, "positive": p.text, "negative_ids": [], "negatives": []}
+            for i, p in enumerate(task.passages[:4])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _logits(model, tokenizer):
+    ids = tokenizer("Syndrome 3 explains the patient.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids).logits[0].float()
+
+
+def test_pretuning_on_synthetic_rows_hands_its_generator_to_the_joint_run(
+        task, tmp_path, run_cli):  # noqa: F811
+    """synthesize rows -> `jmlr sft` (pre-instruction tuning) -> `jmlr train` with
+    generator.train_from: the joint run trains on top of the pre-tuned weights, and
+    evaluation loads them under its adapter even from a config that does not name them."""
+    from jmlr.alignment.trl_train import read_sft_rows
+    from jmlr.evaluation.passages import load_eval_generator
+    from jmlr.generation.model import load_generator, load_trained_generator
+
+    rows_file = tmp_path / "synthetic.jsonl"
+    rows = _synthetic_rows(task, rows_file)
+    read = read_sft_rows(rows_file, "Q: {query}\nA:")
+    assert read[1] == {"prompt": f"Q: {rows[1]['query']}\nA:", "completion": " " + rows[1]["positive"]}
+
+    pretuned = tmp_path / "pretune"
+    code, out, err = run_cli("sft", "-c", task.config_path, *loop_overrides(
+        task, pretuned, f"sft.data={rows_file}", "sft.max_steps=2", "sft.learning_rate=5e-2",
+        *(f"sft.{o}" for o in TRAIN)))
+    assert code == 0, err
+    assert json.loads(out)["rows"] == 4
+    # a start run without a trained generator: one line, before any model loads
+    code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(
+        task, tmp_path / "bad", f"generator.train_from={tmp_path / 'nowhere'}"))
+    assert code == 2 and "generator.train_from" in err and "nowhere" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad" / "checkpoints").exists()
+
+    joint = tmp_path / "joint"
+    # a generator learning rate too small to move it: the joint run's generator is then the
+    # pre-tuned one, which is what evaluation must load
+    code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(
+        task, joint, f"generator.train_from={pretuned}", "train.max_steps=1",
+        "train.generator_lr=1e-12", "train.eval_every=-1"))
+    assert code == 0, err
+    record = json.loads((joint / "final/generator/adapter/jmlr_base_model.json").read_text())
+    assert record["started_from_run"] == str(pretuned.resolve())
+    plain = tmp_path / "plain"                          # the same step from the base generator
+    code, _, err = run_cli("train", "-c", task.config_path, *loop_overrides(
+        task, plain, "train.max_steps=1", "train.generator_lr=1e-12", "train.eval_every=-1"))
+    assert code == 0, err
+    first = [json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["gen_loss"]
+             for run in (joint, plain)]
+    assert abs(first[0] - first[1]) > 1e-3, first       # it trained on the pre-tuned weights
+
+    cfg = loop_config(task, joint)                   # names no train_from: the run's own counts
+    assert cfg.generator.train_from == ""
+    base, tokenizer = load_generator(cfg.generator, cfg.run.cache_dir, for_training=False)
+    want, _ = load_trained_generator(cfg.generator, cfg.run.cache_dir,
+                                     pretuned / "final" / "generator")
+    got, _ = load_eval_generator(cfg, joint, "trained", "cpu")
+    moved = (_logits(want, tokenizer) - _logits(base, tokenizer)).abs().max()
+    assert moved > 1e-2                                  # pre-tuning changed the generator
+    torch.testing.assert_close(_logits(got, tokenizer), _logits(want, tokenizer),
+                               rtol=0, atol=float(moved) / 100)
+
+
+
+def _launch_two(task, kind: str, run_dir: Path, *extra: str) -> tuple[dict, str]:  # noqa: F811
+    """``accelerate launch`` of ``jmlr <kind>`` with two real CPU ranks (gloo DDP)."""
+    from test_loop import REPO, free_port
+
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+               "--main_process_port", str(free_port()), "-m", "jmlr", kind,
+               "-c", str(task.config_path), *loop_overrides(task, run_dir, *extra)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((run_dir / f"{kind}_summary.json").read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_sft_and_dpo_under_accelerate_launch_train_on_two_processes_and_resume(
+        task, with_rationales, tmp_path):  # noqa: F811
+    rows_file = tmp_path / "synthetic.jsonl"
+    _synthetic_rows(task, rows_file)
+    sft = tmp_path / "sft"
+    settings = (f"sft.data={rows_file}", "sft.save_every=1", "sft.batch_size=1")
+    summary, stdout = _launch_two(task, "sft", sft, *settings, "sft.max_steps=2")
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert stdout.count('"kind": "sft"') == 1                  # one summary, from the main rank
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {
+        p.name for p in (sft / "sft-checkpoints" / "checkpoint-2").iterdir()}
+    assert (sft / "final" / "generator" / "adapter").is_dir()
+    resumed, _ = _launch_two(task, "sft", sft, *settings, "sft.max_steps=3")
+    assert resumed["steps"] == 3 and resumed["resumed_from"].endswith("checkpoint-2")
+
+    _, questions, _ = with_rationales
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": q.question + "\nAnswer:", "chosen": f" {q.answer}",
+                                         "rejected": f" {next(k for k in q.options if k != q.answer)}"})
+                             + "\n" for q in questions[:4]))
+    dpo = tmp_path / "dpo"
+    summary, _ = _launch_two(task, "dpo", dpo, f"dpo.data={pairs}", f"dpo.start_from={sft}",
+                             "dpo.max_steps=2", "dpo.batch_size=1", "dpo.save_every=1")
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert summary["first_loss"] == pytest.approx(0.6931, abs=1e-3)   # policy = reference at first
+    assert (dpo / "final" / "generator" / "model").is_dir()          # on the sft run's weights

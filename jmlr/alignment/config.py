@@ -13,6 +13,7 @@ retriever.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from jmlr.alignment.preferences import SIGNALS
@@ -86,14 +87,20 @@ class _TrlTraining:
 class SftConfig(_TrlTraining):
     # "questions": the split's questions with their reference rationales, after the passages
     # the retriever reads (the setting the model will answer in); or a jsonl file of chat rows
-    # ({"messages": [...]}) or prompt/completion rows, such as the user's instruction data.
+    # ({"messages": [...]}) or prompt/completion rows, such as the user's instruction data;
+    # or the {query, positive} rows of `jmlr synthesize`: pre-instruction tuning on the corpus,
+    # each question (through pair_prompt) answered by the passage it was written from.
     data: str = "questions"
     split: str = "train"
     learning_rate: float = 2.0e-4
+    pair_prompt: str = "Question: {query}\nThe medical knowledge that answers it:"
 
     def validate(self, key: str) -> None:
         self._shared_checks(key)
-        _require(key, [(bool(self.data), "data is empty: 'questions' or a jsonl file")])
+        _require(key, [(bool(self.data), "data is empty: 'questions' or a jsonl file"),
+                       ("{query}" in self.pair_prompt, "pair_prompt must contain {query}"),
+                       (not set(re.findall(r"{([^}]*)}", self.pair_prompt)) - {"query"},
+                        "pair_prompt: the only placeholder is {query}")])
 
 
 @CONFIG_SECTIONS.register("dpo")

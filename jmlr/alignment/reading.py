@@ -37,7 +37,7 @@ def reading_config(cfg: Config, start_from: str) -> Config:
     """
     import dataclasses
 
-    from jmlr.evaluation.passages import saved_section
+    from jmlr.io import saved_section
 
     if not start_from:
         return cfg

@@ -129,8 +129,9 @@ def check_inputs(cfg: Config) -> None:
     from jmlr.alignment.reading import check_reading
     from jmlr.data import locate_questions
     from jmlr.data.kb import resolve_kb
-    from jmlr.evaluation.passages import check_run_dir
+    from jmlr.evaluation.passages import check_trained_run
     from jmlr.generation.sources import resolve_source
+    from jmlr.generation.start import check_generator_start
     from jmlr.resources import resolve_location
     from jmlr.retrieval.backends import backend_for
 
@@ -146,8 +147,9 @@ def check_inputs(cfg: Config) -> None:
     if cfg.factuality.kb:
         resolve_kb(cfg.factuality.kb)
     if pref.start_from:
-        check_run_dir(Path(pref.start_from))
+        check_trained_run(cfg, Path(pref.start_from))
     resolve_source(cfg.generator.model)
+    check_generator_start(cfg.generator)
     backend = backend_for(cfg)
     backend.check_checkpoint(cfg)
     check_reading(cfg, pref.split)

@@ -9,11 +9,14 @@ folder that ``jmlr evaluate`` / ``jmlr report`` read like a trained run's.
 - **Data**: SFT reads ``sft.data``: ``questions`` (the ``sft.split`` questions with their
   reference answers and rationales, ``jmlr.target``, after the passages the retriever reads, in
   the training template) or a jsonl file of chat rows (``{"messages": [...]}``) or
-  prompt/completion rows; DPO reads ``{prompt, chosen, rejected}`` rows (``jmlr preferences``
+  prompt/completion rows, or ``jmlr synthesize``'s ``{query, positive}`` rows (pre-instruction
+  tuning: ``sft.pair_prompt`` around the question, the passage as the answer); DPO reads ``{prompt, chosen, rejected}`` rows (``jmlr preferences``
   writes them). Every row is checked before any model loads (file, line and field named).
 - **Resume**: checkpoints every ``save_every`` steps in ``RUN/<kind>-checkpoints``; started
   again with the same settings, the trainer continues from the last one (its optimizer,
   scheduler, RNG states and data position); other settings are refused without ``--overwrite``.
+- **Processes**: under ``accelerate launch`` trl's trainer runs on every rank (DDP, each its
+  share of a step's rows); the main rank writes the run folder, the export and the summary.
 - **Export**: ``RUN/final/generator`` (the adapter, or the whole model when training started
   from a run's generator) and ``RUN/final/retriever`` (the start run's, or the configured
   one), ``RUN/config.yaml`` and ``RUN/<kind>_summary.json`` (losses, seconds per step).
@@ -64,21 +67,36 @@ def _messages(path: Path, line: int, value: Any) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def read_sft_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Chat rows (``messages``) or prompt/completion rows, each checked; one layout per file."""
+def _layout(row: dict[str, Any]) -> str:
+    if "messages" in row:
+        return "messages"
+    return "query_positive" if "query" in row and "prompt" not in row else "prompt_completion"
+
+
+def read_sft_rows(path: str | Path, pair_prompt: str = "{query}") -> list[dict[str, Any]]:
+    """Chat rows (``messages``), prompt/completion rows, or retrieval rows (``{query,
+    positive}``, as ``jmlr synthesize`` writes: pre-instruction tuning, the question as the
+    prompt through ``pair_prompt`` and the passage that answers it as the completion), each
+    checked; one layout per file."""
     from jmlr.io import read_jsonl
+    from jmlr.training.contrastive_data import parse_row
 
     path = Path(path)
     rows: list[dict[str, Any]] = []
     layout = None
     for line, row in read_jsonl(path):
-        this = "messages" if "messages" in row else "prompt_completion"
+        this = _layout(row)
         if layout is not None and this != layout:
-            raise DataError(path, line, "messages" if this == "messages" else "prompt",
+            first_key = {"messages": "messages", "query_positive": "query"}.get(this, "prompt")
+            raise DataError(path, line, first_key,
                             f"a {this} row in a file of {layout} rows (one layout per file)")
         layout = this
         if this == "messages":
             rows.append({"messages": _messages(path, line, row["messages"])})
+        elif this == "query_positive":
+            pair = parse_row(path, line, row)
+            rows.append({"prompt": pair_prompt.format(query=pair.query),
+                         "completion": " " + pair.positive.strip()})
         else:
             rows.append({"prompt": _text_field(path, line, row, "prompt"),
                          "completion": _text_field(path, line, row, "completion")})
@@ -128,14 +146,16 @@ def check_inputs(cfg: Config, kind: str) -> list[dict[str, Any]] | None:
     a data file, or None for ``sft.data: questions`` (built after the models load)."""
     from jmlr.alignment.reading import check_reading
     from jmlr.data import locate_questions
-    from jmlr.evaluation.passages import check_run_dir
+    from jmlr.evaluation.passages import check_trained_run
     from jmlr.generation.sources import resolve_source
+    from jmlr.generation.start import check_generator_start
     from jmlr.resources import resolve_location
 
     spec = section(cfg, kind)
     if spec.start_from:
-        check_run_dir(Path(spec.start_from))
+        check_trained_run(cfg, Path(spec.start_from))
     resolve_source(cfg.generator.model)
+    check_generator_start(cfg.generator)
     if kind == "sft" and spec.data == "questions":
         locate_questions(getattr(cfg.data, spec.split, None) or "", f"data.{spec.split}")
         resolve_location(cfg.data.corpus, "data.corpus")
@@ -145,7 +165,7 @@ def check_inputs(cfg: Config, kind: str) -> list[dict[str, Any]] | None:
         raise ConfigError(f"{kind}.data is empty: name a jsonl file of "
                           f"{'preference' if kind == 'dpo' else 'instruction'} rows")
     path = Path(resolve_location(spec.data, f"{kind}.data"))
-    return read_preference_rows(path) if kind == "dpo" else read_sft_rows(path)
+    return read_preference_rows(path) if kind == "dpo" else read_sft_rows(path, spec.pair_prompt)
 
 
 def _settings(cfg: Config, kind: str) -> dict[str, Any]:
@@ -157,9 +177,11 @@ def _settings(cfg: Config, kind: str) -> dict[str, Any]:
             "seed": cfg.run.seed, "max_length": gen.max_length}
 
 
-def prepare_run_dir(cfg: Config, kind: str, overwrite: bool) -> Path:
+def prepare_run_dir(cfg: Config, kind: str, overwrite: bool, processes: Any = None) -> Path:
     """The run folder, checked: a run of other settings (or of another kind) is refused
-    unless ``overwrite``, which removes what this command wrote there."""
+    unless ``overwrite``, which removes what this command wrote there. Under ``accelerate
+    launch`` (``processes``: accelerate's ``PartialState``) every rank checks, then the main
+    one writes while the others wait."""
     run_dir = Path(cfg.run.out_dir)
     record = run_dir / f"{kind}_settings.json"
     wanted = _settings(cfg, kind)
@@ -172,6 +194,11 @@ def prepare_run_dir(cfg: Config, kind: str, overwrite: bool) -> Path:
     if not record.is_file() and (run_dir / "final").exists() and not overwrite:
         raise ConfigError(f"{run_dir} already holds a trained run (final/): pass --overwrite to "
                           "replace it, or set run.out_dir")
+    if processes is not None:
+        processes.wait_for_everyone()       # every rank has seen the folder as it was
+        if not processes.is_main_process:
+            processes.wait_for_everyone()
+            return run_dir
     if overwrite:
         for stale in (run_dir / f"{kind}-checkpoints", run_dir / "final", record):
             if stale.is_dir():
@@ -182,6 +209,8 @@ def prepare_run_dir(cfg: Config, kind: str, overwrite: bool) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(record, wanted)
+    if processes is not None:
+        processes.wait_for_everyone()
     return run_dir
 
 
@@ -190,13 +219,13 @@ def prepare_run_dir(cfg: Config, kind: str, overwrite: bool) -> Path:
 
 def _start_model(cfg: Config, start_from: str, device: str) -> tuple[Any, Any]:
     """The starting generator as one plain model (a run's adapters merged in)."""
-    from jmlr.evaluation.passages import FINAL_GENERATOR
+    from jmlr.evaluation.passages import FINAL_GENERATOR, trained_generator_config
     from jmlr.generation.model import load_generator, load_trained_generator
 
     if start_from:
-        return load_trained_generator(cfg.generator, cfg.run.cache_dir,
-                                      Path(start_from) / FINAL_GENERATOR, device=device,
-                                      for_training=False)
+        return load_trained_generator(trained_generator_config(cfg, Path(start_from)),
+                                      cfg.run.cache_dir, Path(start_from) / FINAL_GENERATOR,
+                                      device=device, for_training=False)
     return load_generator(cfg.generator, cfg.run.cache_dir, device=device, for_training=False)
 
 
@@ -242,8 +271,9 @@ def run_alignment(cfg: Config, kind: str, overwrite: bool = False) -> dict[str, 
     cfg = reading_config(cfg, section(cfg, kind).start_from)   # the start run's passages
     spec = section(cfg, kind)
     rows = check_inputs(cfg, kind)
-    run_dir = prepare_run_dir(cfg, kind, overwrite)
     device = resolve_device(cfg.run.device)
+    processes = _processes(device)
+    run_dir = prepare_run_dir(cfg, kind, overwrite, processes)
     torch.manual_seed(cfg.run.seed)
     model, tokenizer = _start_model(cfg, spec.start_from, device)
     if rows is None:
@@ -275,7 +305,8 @@ def run_alignment(cfg: Config, kind: str, overwrite: bool = False) -> dict[str, 
     with contextlib.redirect_stdout(sys.stderr):
         result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
-    export_run(cfg, kind, trainer.model, tokenizer, run_dir)
+    if processes.is_main_process:
+        export_run(cfg, kind, trainer.model, tokenizer, run_dir)
     history = [r for r in trainer.state.log_history if "loss" in r]
     steps_now = trainer.state.global_step - (int(resume.rsplit("-", 1)[1]) if resume else 0)
     summary = {"kind": kind, "run_dir": str(run_dir), "rows": len(rows),
@@ -285,11 +316,21 @@ def run_alignment(cfg: Config, kind: str, overwrite: bool = False) -> dict[str, 
                "last_loss": history[-1]["loss"] if history else None,
                "seconds": round(seconds, 1),
                "s_per_step": round(seconds / steps_now, 3) if steps_now else None,
-               "device": device, "history": history}
+               "device": device, "processes": processes.num_processes, "history": history}
     from jmlr.io import write_json
 
-    write_json(run_dir / f"{kind}_summary.json", summary)
+    if processes.is_main_process:
+        write_json(run_dir / f"{kind}_summary.json", summary)
+    processes.wait_for_everyone()          # the export is in place when any rank returns
     return {k: v for k, v in summary.items() if k != "history"}
+
+
+def _processes(device: str) -> Any:
+    """accelerate's process state (one process, or the ranks of ``accelerate launch``), as
+    trl's trainer will use it: the CPU's gloo group when training on the CPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
 
 
 def export_run(cfg: Config, kind: str, model: Any, tokenizer: Any, run_dir: Path) -> None:
@@ -299,10 +340,13 @@ def export_run(cfg: Config, kind: str, model: Any, tokenizer: Any, run_dir: Path
     from jmlr.evaluation.passages import FINAL_RETRIEVER
     from jmlr.generation.model import save_generator
     from jmlr.generation.sources import describe_source
+    from jmlr.generation.start import describe_start
     from jmlr.io import building_folder
 
     spec = section(cfg, kind)
-    base = describe_source(cfg.generator.model, cfg.run.cache_dir)
+    # a start run's generator is saved whole (below): nothing of generator.train_from under it
+    base = {**describe_source(cfg.generator.model, cfg.run.cache_dir),
+            **({} if spec.start_from else describe_start(cfg.generator))}
     with building_folder(run_dir / "final") as tmp:
         if spec.start_from and isinstance(model, PeftModel):
             # The adapter sits on the start run's merged weights, not on generator.model:

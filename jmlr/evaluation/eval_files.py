@@ -58,12 +58,14 @@ def check_before_loading(cfg: Config, run_dir: Path, modes: Sequence[str],
                          scorings: Sequence[str]) -> None:
     """Every check that needs no model: the run folder, the trained mode's exported weights
     (safetensors headers), the qrels file, and the knowledge base when UMLS-F will follow."""
-    from jmlr.evaluation.passages import FINAL_GENERATOR, FINAL_RETRIEVER, check_run_dir
+    from jmlr.evaluation import passages
+    from jmlr.generation.start import check_generator_start
 
     check_run_folder(run_dir)
+    check_generator_start(cfg.generator)
     if "trained" in modes:
-        check_run_dir(run_dir)
-        for part in (FINAL_GENERATOR, FINAL_RETRIEVER):
+        passages.check_trained_run(cfg, run_dir)
+        for part in (passages.FINAL_GENERATOR, passages.FINAL_RETRIEVER):
             for path in sorted((run_dir / part).rglob("*.safetensors")):
                 check_safetensors(path)
     if cfg.eval.qrels:

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from jmlr.config import Config
 from jmlr.data.schema import DEFAULT_QUERY_TEMPLATE, MCQ, Candidates
 from jmlr.errors import ConfigError, UserError
+from jmlr.io import saved_section
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,29 @@ def check_run_dir(run_dir: Path) -> None:
                               "by a finished `jmlr train` (or leave out mode 'trained')")
 
 
-def saved_section(run_dir: Path, name: str) -> dict[str, Any]:
-    """Section ``name`` of the run's saved ``config.yaml``; {} when the file, the section or
-    its YAML is missing or unreadable (callers fall back to their defaults)."""
-    try:
-        section = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-                   or {}).get(name) or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
-    return section if isinstance(section, dict) else {}
-
-
 def trained_base_model(run_dir: Path) -> str | None:
     """``generator.model`` as the run's saved config names it (None when unknown)."""
     model = saved_section(run_dir, "generator").get("model")
     return str(model) if model else None
+
+
+def trained_generator_config(cfg: Config, run_dir: Path) -> Any:
+    """``cfg.generator`` with the run's own ``generator.train_from`` (what its adapter was
+    trained on top of), whichever config the run is evaluated with."""
+    import dataclasses
+
+    saved = saved_section(run_dir, "generator")
+    if "train_from" not in saved:
+        return cfg.generator
+    return dataclasses.replace(cfg.generator, train_from=str(saved["train_from"] or ""))
+
+
+def check_trained_run(cfg: Config, run_dir: Path) -> None:
+    """The run's exported models, and the chain of runs its generator started from."""
+    from jmlr.generation.start import check_generator_start
+
+    check_run_dir(run_dir)
+    check_generator_start(trained_generator_config(cfg, run_dir), f"{run_dir}: generator.train_from")
 
 
 def what_trained(run_dir: Path) -> dict[str, bool]:
@@ -190,6 +198,6 @@ def load_eval_generator(cfg: Config, run_dir: Path, which: str, device: str) -> 
         if base is not None and base != cfg.generator.model:
             log.warning("the run was trained on generator %s but the config names %s; the "
                         "adapters are applied to the configured one", base, cfg.generator.model)
-        return load_trained_generator(cfg.generator, cfg.run.cache_dir, run_dir / FINAL_GENERATOR,
-                                      device=device, for_training=False)
+        return load_trained_generator(trained_generator_config(cfg, run_dir), cfg.run.cache_dir,
+                                      run_dir / FINAL_GENERATOR, device=device, for_training=False)
     return load_generator(cfg.generator, cfg.run.cache_dir, device=device, for_training=False)

@@ -27,7 +27,7 @@ import torch
 from jmlr.config import GeneratorConfig
 from jmlr.device import resolve_device
 from jmlr.errors import ConfigError
-from jmlr.generation import peft_export
+from jmlr.generation import peft_export, start
 from jmlr.generation.sources import LLAMA_FAMILY, check_architecture, local_model_dir
 from jmlr.io import building_folder, write_json
 
@@ -185,6 +185,8 @@ def load_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str 
                    for_training: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) ready to train (train mode, trainable parts set) or to infer (eval
     mode, nothing trainable). The tokenizer pads on the right with an existing token."""
+    if gen_cfg.train_from:
+        return _load_started(gen_cfg, cache_dir, device, for_training)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = local_model_dir(gen_cfg.model, cache_dir)
@@ -210,6 +212,19 @@ def load_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str 
     else:
         model.requires_grad_(False)
         model.eval()
+    return model, tokenizer
+
+
+def _load_started(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str,
+                  for_training: bool) -> tuple[Any, Any]:
+    """``generator.train_from``'s trained generator as the base (jmlr/generation/start.py),
+    with this run's trainable parts on top when it trains."""
+    model, tokenizer = load_trained_generator(start.start_config(gen_cfg), cache_dir,
+                                              start.start_folder(gen_cfg.train_from),
+                                              device=device, for_training=False)
+    if for_training:
+        model = apply_trainable_parts(model, gen_cfg)
+        model.train()
     return model, tokenizer
 
 
@@ -292,7 +307,9 @@ def load_trained_generator(gen_cfg: GeneratorConfig, cache_dir: str | Path,
     """
     saved = Path(saved_dir)
     if (saved / FULL_MODEL_DIR).is_dir():
-        full_cfg = dataclasses.replace(gen_cfg, model=str(saved / FULL_MODEL_DIR), lora_r=0)
+        # the whole model was saved: nothing of generator.train_from lies under it
+        full_cfg = dataclasses.replace(gen_cfg, model=str(saved / FULL_MODEL_DIR), lora_r=0,
+                                       train_from="")
         return load_generator(full_cfg, cache_dir, device, for_training)
     adapter = saved / ADAPTER_DIR
     if not adapter.is_dir():

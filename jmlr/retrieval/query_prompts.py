@@ -182,6 +182,7 @@ def run_optimize_prompt(cfg: Config, split: str = "dev", report_split: str = "te
     winning config. Returns the report."""
     from jmlr.data import load_corpus_from_config
     from jmlr.generation.sources import resolve_source
+    from jmlr.generation.start import check_generator_start
     from jmlr.io import write_json
     from jmlr.retrieval.backends import backend_for
 
@@ -190,6 +191,7 @@ def run_optimize_prompt(cfg: Config, split: str = "dev", report_split: str = "te
     backend_for(cfg).check_checkpoint(cfg)
     if opt.rounds and opt.rewrites:
         resolve_source(cfg.generator.model)
+        check_generator_start(cfg.generator)
     questions, pools = _split_data(cfg, split, opt.questions)
     signal, targets = _targets(cfg, questions, split)
     questions = [q for q in questions if q.id in targets]

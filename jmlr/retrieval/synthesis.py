@@ -183,6 +183,7 @@ def check_inputs(cfg: Config) -> None:
     """Everything the command reads, located before anything loads."""
     from jmlr.data import locate_questions
     from jmlr.generation.sources import resolve_source
+    from jmlr.generation.start import check_generator_start
     from jmlr.resources import resolve_location
     from jmlr.retrieval.backends import backend_for
 
@@ -195,6 +196,7 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError(f"no index at {cfg.index_dir}: run `jmlr index` with this config first "
                           "(mined negatives come from it), or set synthesize.hard_negatives=0")
     resolve_source(cfg.generator.model)
+    check_generator_start(cfg.generator)
 
 
 def _resume(path: Path, meta: dict[str, Any], overwrite: bool) -> set[str]:

@@ -97,6 +97,7 @@ def check_inputs(cfg: Config) -> None:
     :func:`load_training_data` locates them once it has read those (still before the corpus)."""
     from jmlr.data import locate_questions
     from jmlr.generation.sources import resolve_source
+    from jmlr.generation.start import check_generator_start
     from jmlr.resources import resolve_location
     from jmlr.retrieval.backends import backend_for
 
@@ -109,6 +110,7 @@ def check_inputs(cfg: Config) -> None:
     backend_for(cfg).check_checkpoint(cfg)
     check_train_from(cfg)
     resolve_source(cfg.generator.model)
+    check_generator_start(cfg.generator)
 
 
 def check_train_from(cfg: Config) -> None:
@@ -261,8 +263,10 @@ def save_generator(model: nn.Module, tokenizer: Any, path: Path, merge: bool = F
     ``model``: do it last)."""
     from jmlr.generation import model as generation
     from jmlr.generation.sources import describe_source
+    from jmlr.generation.start import describe_start
 
-    base = None if cfg is None else describe_source(cfg.generator.model, cfg.run.cache_dir)
+    base = None if cfg is None else {**describe_source(cfg.generator.model, cfg.run.cache_dir),
+                                     **describe_start(cfg.generator)}
     generation.save_generator(model, tokenizer, path, base=base)
     if merge:
         generation.merge_and_save(model, tokenizer, path / "merged")
