@@ -60,10 +60,13 @@ def _write_generator(cfg: Config, saved: Path, target: Path) -> str:
     if (saved / "model" / "config.json").is_file():
         shutil.copytree(saved / "model", target)
         return "copied from the run (full fine-tune)"
+    from jmlr.evaluation.passages import trained_generator_config
     from jmlr.generation.model import load_trained_generator
 
-    model, tokenizer = load_trained_generator(cfg.generator, cfg.run.cache_dir, saved,
-                                              device="cpu", for_training=False)
+    run_dir = saved.parent.parent                       # RUN/final/generator
+    model, tokenizer = load_trained_generator(trained_generator_config(cfg, run_dir),
+                                              cfg.run.cache_dir, saved, device="cpu",
+                                              for_training=False)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return "merged at export"
@@ -85,6 +88,9 @@ def run_export(cfg: Config, run_dir: str | Path, out: str | Path,
 
     run_dir, out = Path(run_dir), Path(out).expanduser().resolve()
     final = _final(run_dir)
+    from jmlr.evaluation.passages import check_trained_run
+
+    check_trained_run(cfg, run_dir)                     # and the runs its generator started from
     check_out(out, overwrite)
     record: dict[str, Any] = {
         "run": str(run_dir.resolve()), "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -279,6 +279,15 @@ def test_pretuning_on_synthetic_rows_hands_its_generator_to_the_joint_run(
     assert moved > 1e-2                                  # pre-tuning changed the generator
     torch.testing.assert_close(_logits(got, tokenizer), _logits(want, tokenizer),
                                rtol=0, atol=float(moved) / 100)
+    # `jmlr export` merges it all into a folder that plain transformers loads
+    from transformers import AutoModelForCausalLM
+
+    code, _, err = run_cli("export", "-c", task.config_path, "--run", joint,
+                           "--merged", tmp_path / "export", *loop_overrides(task, joint))
+    assert code == 0, err
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "generator").eval()
+    torch.testing.assert_close(_logits(exported, tokenizer), _logits(want, tokenizer),
+                               rtol=0, atol=float(moved) / 100)
 
 
 
