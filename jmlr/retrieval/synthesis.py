@@ -250,7 +250,8 @@ def run_synthesize(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     todo = [p for p in chosen if p.id not in done]
     if not todo:
         write_json(meta_path(path), {**json.loads(meta_path(path).read_text()), "finished": True})
-        return {"path": str(path), "passages": len(chosen), "written": 0, "kept": len(done)}
+        return {"path": str(path), "passages": len(chosen), "written": 0,
+                "kept_from_earlier_run": len(done)}
 
     device = resolve_device(cfg.run.device)
     model, tokenizer = load_generator(cfg.generator, cfg.run.cache_dir, device=device,
@@ -279,7 +280,7 @@ def run_synthesize(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     log.info("%d synthetic questions from %d passages in %.0f s (%.3f per s) -> %s",
              rows_written, len(todo), seconds, meta["questions_per_s"], path)
     return {"path": str(path), "passages": len(chosen), "written": rows_written,
-            "kept": len(done), "seconds": round(seconds, 1),
+            "kept_from_earlier_run": len(done), "seconds": round(seconds, 1),
             "questions_per_s": meta["questions_per_s"], "false_negatives_dropped": dropped}
 
 
