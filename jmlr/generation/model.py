@@ -219,6 +219,8 @@ def _load_started(gen_cfg: GeneratorConfig, cache_dir: str | Path, device: str,
                   for_training: bool) -> tuple[Any, Any]:
     """``generator.train_from``'s trained generator as the base (jmlr/generation/start.py),
     with this run's trainable parts on top when it trains."""
+    logger.info("generator: the trained generator of %s (generator.train_from)%s",
+                gen_cfg.train_from, ", under this run's adapter" if for_training else "")
     model, tokenizer = load_trained_generator(start.start_config(gen_cfg), cache_dir,
                                               start.start_folder(gen_cfg.train_from),
                                               device=device, for_training=False)
