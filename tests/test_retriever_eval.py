@@ -89,3 +89,53 @@ def test_the_command_compares_untrained_and_trained_on_the_demo_layout(task, tmp
         assert 0 <= r["measures"]["nDCG@10"] <= 1 and len(r["per_query"]) == len(task.dev)
     code, _, err = run_cli("eval-retriever", "-c", task.config_path, "--beir", tmp_path / "nope")
     assert code == 2 and "corpus.jsonl" in err and len(err.strip().splitlines()) == 1
+
+
+MTEB_CARD = """---
+configs:
+- config_name: corpus
+  data_files:
+  - split: corpus
+    path: corpus.jsonl
+- config_name: queries
+  data_files:
+  - split: queries
+    path: queries.jsonl
+- config_name: default
+  data_files:
+  - split: test
+    path: qrels/test.jsonl
+---
+"""
+
+
+def test_an_mteb_task_by_name_reads_a_local_copy_and_says_when_its_data_is_absent(
+        task, tmp_path, run_cli):  # noqa: F811
+    """`--mteb NAME --mteb-data DIR`: mteb's own loader on a local copy of a dataset repository
+    in MTEB's layout (here the tiny task's, as a Hugging Face dataset folder) gives the numbers
+    of the same data read as a BEIR folder; with no copy and no network, one line."""
+    pytest.importorskip("mteb")
+    folder = tmp_path / "mteb-copy"
+    write_beir(folder, task.passages, {"test": task.dev})
+    header, *rows = (folder / "qrels" / "test.tsv").read_text().splitlines()
+    assert header.split("\t") == ["query-id", "corpus-id", "score"]
+    write_lines(folder / "qrels" / "test.jsonl", [json.dumps(
+        {"query-id": q, "corpus-id": c, "score": int(v)}) for q, c, v in (r.split("\t") for r in rows)])
+    (folder / "README.md").write_text(MTEB_CARD)
+    results = {}
+    for name, source in (("beir", ["--beir", folder]),
+                         ("mteb", ["--mteb", "NFCorpus", "--mteb-data", folder])):
+        out = tmp_path / f"{name}.json"
+        code, _, err = run_cli("eval-retriever", "-c", task.config_path, *source, "--out", out)
+        assert code == 0, err
+        results[name] = json.loads(out.read_text())
+    assert results["mteb"]["queries"] == len(task.dev) == results["beir"]["queries"]
+    assert results["mteb"]["passages"] == len(task.passages)
+    assert results["mteb"]["retrievers"]["untrained"]["measures"] == \
+        results["beir"]["retrievers"]["untrained"]["measures"]
+
+    code, _, err = run_cli("eval-retriever", "-c", task.config_path, "--mteb", "NFCorpus")
+    assert code == 2 and "not on this machine" in err and "--mteb-data" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("eval-retriever", "-c", task.config_path, "--mteb", "Banking77Classification")
+    assert code == 2 and "not a retrieval task" in err

@@ -91,18 +91,27 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
     return {m: means[m] for m in MEASURES}, per_query
 
 
-def run_eval_retriever(cfg: Config, beir: str | Path, split: str = "test", runs: list[str] | None = None,
-                       named: list[str] | None = None, top_k: int = 100,
-                       out: str | Path | None = None) -> dict[str, Any]:
-    """Every retriever on the task; prints the table, writes ``out`` (JSON) when given."""
+def run_eval_retriever(cfg: Config, beir: str | Path | None, split: str = "test",
+                       runs: list[str] | None = None, named: list[str] | None = None,
+                       top_k: int = 100, out: str | Path | None = None, mteb: str | None = None,
+                       mteb_data: str | Path | None = None) -> dict[str, Any]:
+    """Every retriever on the task (a BEIR folder, or MTEB task ``mteb``); prints the table,
+    writes ``out`` (JSON) when given."""
     from jmlr.device import resolve_device
     from jmlr.retrieval.backends import backend_for
 
     retrievers = parse_retrievers(cfg, runs or [], named or [])
-    task: BeirTask = read_beir(beir, split)          # every line checked before a model loads
+    if mteb:
+        from jmlr.evaluation.mteb_tasks import load_mteb_task
+
+        task: BeirTask = load_mteb_task(mteb, split, mteb_data)
+        source = f"MTEB {mteb}"
+    else:
+        task = read_beir(beir, split)                # every line checked before a model loads
+        source = str(beir)
     backend_for(cfg).check_checkpoint(cfg)
     device = resolve_device(cfg.run.device)
-    log.info("%s split %s: %d queries with judgements, %d passages", beir, split,
+    log.info("%s split %s: %d queries with judgements, %d passages", source, split,
              len(task.queries), len(task.corpus))
     results: dict[str, Any] = {}
     for name, checkpoint in retrievers:
@@ -115,7 +124,7 @@ def run_eval_retriever(cfg: Config, beir: str | Path, split: str = "test", runs:
                          "seconds": round(time.perf_counter() - started, 1)}
         del scorer
     print(table(results))
-    summary = {"beir": str(beir), "split": split, "queries": len(task.queries),
+    summary = {"beir": str(beir) if beir else None, "mteb": mteb, "split": split, "queries": len(task.queries),
                "passages": len(task.corpus), "top_k": top_k, "retrievers": results}
     if out:
         write_json(Path(out), summary)
