@@ -10,8 +10,9 @@ folder that ``jmlr evaluate`` / ``jmlr report`` read like a trained run's.
   reference answers and rationales, ``jmlr.target``, after the passages the retriever reads, in
   the training template) or a jsonl file of chat rows (``{"messages": [...]}``) or
   prompt/completion rows, or ``jmlr synthesize``'s ``{query, positive}`` rows (pre-instruction
-  tuning: ``sft.pair_prompt`` around the question, the passage as the answer); DPO reads ``{prompt, chosen, rejected}`` rows (``jmlr preferences``
-  writes them). Every row is checked before any model loads (file, line and field named).
+  tuning: ``sft.pair_prompt`` around the question, the passage as the answer); DPO reads
+  ``{prompt, chosen, rejected}`` rows (``jmlr preferences`` writes them). Every row is checked
+  before any model loads (file, line and field named).
 - **Resume**: checkpoints every ``save_every`` steps in ``RUN/<kind>-checkpoints``; started
   again with the same settings, the trainer continues from the last one (its optimizer,
   scheduler, RNG states and data position); other settings are refused without ``--overwrite``.
