@@ -81,6 +81,15 @@ PROJECTION_SEED = 0                         # the new projection is the same on 
 # transformers 5 compatibility (colbert-ai 0.2.22)
 
 
+def _rebind_in_colbert(attribute: str, original: Any, replacement: Any) -> None:
+    """Point every imported colbert-ai module that bound ``original`` by name (``from x import
+    f``) at ``replacement``: patching the defining module alone would miss those copies."""
+    for name, module in list(sys.modules.items()):
+        if (name == "colbert" or name.startswith("colbert.")) and \
+                getattr(module, attribute, None) is original:
+            setattr(module, attribute, replacement)
+
+
 def _compat_class_factory(original: Any) -> Any:
     """Wrap colbert's ``class_factory`` so each HF_ColBERT class it makes runs ``post_init``.
 
@@ -117,11 +126,7 @@ def install_compat() -> None:
     original = _hf_colbert.class_factory
     if getattr(original, "jmlr_compat", False):
         return
-    patched = _compat_class_factory(original)
-    for name, module in list(sys.modules.items()):
-        if (name == "colbert" or name.startswith("colbert.")) and \
-                getattr(module, "class_factory", None) is original:
-            module.class_factory = patched
+    _rebind_in_colbert("class_factory", original, _compat_class_factory(original))
 
 
 def compat_installed() -> bool:
@@ -137,10 +142,7 @@ def install_extension_guard() -> None:
     modules bind torch's ``load`` by name when imported, so each holding it gets the guard."""
     from torch.utils import cpp_extension
 
-    for name, module in list(sys.modules.items()):
-        if (name == "colbert" or name.startswith("colbert.")) and \
-                getattr(module, "load", None) is cpp_extension.load:
-            module.load = extensions.guarded_load
+    _rebind_in_colbert("load", cpp_extension.load, extensions.guarded_load)
 
 
 install_extension_guard()
@@ -181,10 +183,7 @@ def install_metadata_guard() -> None:
         return
     patched = _metadata_despite_git(original)
     save_metadata.get_metadata_only = patched
-    for name, module in list(sys.modules.items()):
-        if (name == "colbert" or name.startswith("colbert.")) and \
-                getattr(module, "get_metadata_only", None) is original:
-            module.get_metadata_only = patched
+    _rebind_in_colbert("get_metadata_only", original, patched)
 
 
 install_metadata_guard()
