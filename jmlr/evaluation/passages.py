@@ -44,10 +44,12 @@ def trained_generator_config(cfg: Config, run_dir: Path) -> Any:
     trained on top of), whichever config the run is evaluated with."""
     import dataclasses
 
-    saved = saved_section(run_dir, "generator")
-    if "train_from" not in saved:
+    from jmlr.generation.start import saved_train_from
+
+    recorded = saved_train_from(run_dir)
+    if recorded is None:
         return cfg.generator
-    return dataclasses.replace(cfg.generator, train_from=str(saved["train_from"] or ""))
+    return dataclasses.replace(cfg.generator, train_from=recorded)
 
 
 def check_trained_run(cfg: Config, run_dir: Path) -> None:

@@ -36,11 +36,17 @@ def start_folder(train_from: str) -> Path:
     return Path(train_from).expanduser() / SAVED_GENERATOR
 
 
+def saved_train_from(run_dir: str | Path) -> str | None:
+    """The ``generator.train_from`` a run's saved ``config.yaml`` records ("" for none), or
+    None when that config does not say (no file, or a run from before the setting)."""
+    saved = saved_section(Path(run_dir).expanduser(), "generator")
+    return str(saved["train_from"] or "") if "train_from" in saved else None
+
+
 def start_config(gen_cfg: GeneratorConfig) -> GeneratorConfig:
     """The config the start run's generator loads with: this one's, with the start run's own
-    ``train_from`` (what its adapter was trained on top of)."""
-    earlier = saved_section(Path(gen_cfg.train_from).expanduser(), "generator")
-    return dataclasses.replace(gen_cfg, train_from=str(earlier.get("train_from") or ""))
+    ``train_from`` (what its adapter was trained on top of; none when its config is silent)."""
+    return dataclasses.replace(gen_cfg, train_from=saved_train_from(gen_cfg.train_from) or "")
 
 
 def check_generator_start(gen_cfg: GeneratorConfig, key: str = "generator.train_from") -> None:
