@@ -55,6 +55,8 @@ def test_the_file_holds_what_a_joint_runs_base_teacher_computes(task, utilities_
 
 
 def test_an_interrupted_file_continues_and_other_settings_are_refused(task, tmp_path, run_cli):  # noqa: F811
+    from jmlr.training.teacher_file import meta_path
+
     out = tmp_path / "u.jsonl"
     code, stdout, err = write_file(run_cli, task, out, "--limit", "2", "--top", "3")
     assert code == 0, err
@@ -67,6 +69,10 @@ def test_an_interrupted_file_continues_and_other_settings_are_refused(task, tmp_
     lines = out.read_text().splitlines()
     assert lines[:2] == first and len(lines) == 3          # the first two kept, not recomputed
     assert json.loads(stdout)["computed"] == 1 and json.loads(stdout)["kept"] == 2
+    # asked for fewer than it holds: nothing computed, and the meta still says three
+    code, stdout, err = write_file(run_cli, task, out, "--limit", "2", "--top", "3")
+    assert code == 0 and json.loads(stdout)["computed"] == 0, err
+    assert json.loads(meta_path(out).read_text())["questions"] == 3
 
     before = out.read_bytes()
     code, _, err = write_file(run_cli, task, out, "--limit", "3", "--top", "4")
@@ -89,6 +95,9 @@ def test_a_run_refuses_a_file_that_does_not_fit(task, utilities_file, tmp_path):
     fingerprint = corpus_fingerprint(task.passages)
     ids = [q.id for q in task.train]
     assert len(load_teacher_rows(utilities_file, cfg, ids, passages, fingerprint)) == len(ids)
+    # jmlr.teacher_questions = 2 with a file written for more: the first two questions only
+    firsts = load_teacher_rows(utilities_file, cfg, ids, passages, fingerprint, first=2)
+    assert [r["question_id"] for r in firsts] == ids[:2] and len(ids) > 2
 
     other = loop_config(task, tmp_path / "run", *REPLAY, "jmlr.utility=option_contrast")
     with pytest.raises(ConfigError, match="another teacher: jmlr.utility is 'answer_loss'"):

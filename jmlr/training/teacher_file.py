@@ -145,10 +145,12 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str],
-                      passages: Mapping[str, Any], corpus_fingerprint: str
+                      passages: Mapping[str, Any], corpus_fingerprint: str, first: int = 0
                       ) -> list[dict[str, Any]]:
     """The rows of a finished file written for this config's teacher and corpus, for these
-    questions and passages; ConfigError or DataError (one line) otherwise."""
+    questions and passages; ConfigError or DataError (one line) otherwise. ``first`` > 0 keeps
+    only the rows of the first ``first`` of ``question_ids`` (``jmlr.teacher_questions``): a
+    file written earlier for more questions must not give a run more than its config says."""
     path = Path(path)
     meta_file = meta_path(path)
     if not path.is_file() or not meta_file.is_file():
@@ -165,7 +167,8 @@ def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str]
     if meta.get("corpus_fingerprint") != corpus_fingerprint:
         raise ConfigError(f"{path} was computed over another corpus than data.corpus: "
                           "run `jmlr utilities` again")
-    known = set(question_ids)
+    ordered = list(question_ids)
+    known, kept = set(ordered), set(ordered[:first] if first > 0 else ordered)
     rows = []
     for lineno, row in read_rows(path):
         if row["question_id"] not in known:
@@ -174,7 +177,8 @@ def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str]
         missing = [pid for pid in row["passage_ids"] if pid not in passages]
         if missing:
             raise DataError(path, lineno, "passage_ids", f"{missing[0]!r} is not in the corpus")
-        rows.append(row)
+        if row["question_id"] in kept:
+            rows.append(row)
     return rows
 
 
@@ -232,7 +236,9 @@ def run_teacher_utilities(cfg: Config, split: str = "train", top: int = 0, limit
     todo = [q for q in chosen if q.id not in done]
     if not todo:
         log.info("%s already holds the utilities of these %d questions", path, len(chosen))
-        write_json(meta_path(path), {**meta, "finished": True})
+        # The file may hold more (written earlier with a larger limit): say how many it holds.
+        write_json(meta_path(path), {**meta, "questions": max(len(chosen), len(done)),
+                                     "finished": True})
         return {"path": str(path), "questions": len(chosen), "computed": 0, "kept": len(done)}
 
     device = resolve_device(cfg.run.device)
