@@ -96,7 +96,8 @@ def test_a_run_refuses_a_file_that_does_not_fit(task, utilities_file, tmp_path):
     ids = [q.id for q in task.train]
     assert len(load_teacher_rows(utilities_file, cfg, ids, passages, fingerprint)) == len(ids)
     # jmlr.teacher_questions = 2 with a file written for more: the first two questions only
-    firsts = load_teacher_rows(utilities_file, cfg, ids, passages, fingerprint, first=2)
+    two = loop_config(task, tmp_path / "run", *REPLAY, "jmlr.teacher_questions=2")
+    firsts = load_teacher_rows(utilities_file, two, ids, passages, fingerprint)
     assert [r["question_id"] for r in firsts] == ids[:2] and len(ids) > 2
 
     other = loop_config(task, tmp_path / "run", *REPLAY, "jmlr.utility=option_contrast")

@@ -145,12 +145,12 @@ def read_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str],
-                      passages: Mapping[str, Any], corpus_fingerprint: str, first: int = 0
+                      passages: Mapping[str, Any], corpus_fingerprint: str
                       ) -> list[dict[str, Any]]:
     """The rows of a finished file written for this config's teacher and corpus, for these
-    questions and passages; ConfigError or DataError (one line) otherwise. ``first`` > 0 keeps
-    only the rows of the first ``first`` of ``question_ids`` (``jmlr.teacher_questions``): a
-    file written earlier for more questions must not give a run more than its config says."""
+    questions and passages; ConfigError or DataError (one line) otherwise. With
+    ``jmlr.teacher_questions`` = N > 0, only the rows of the first N of ``question_ids``: a file
+    written earlier for more questions must not give a run more than its config says."""
     path = Path(path)
     meta_file = meta_path(path)
     if not path.is_file() or not meta_file.is_file():
@@ -167,7 +167,7 @@ def load_teacher_rows(path: str | Path, cfg: Config, question_ids: Iterable[str]
     if meta.get("corpus_fingerprint") != corpus_fingerprint:
         raise ConfigError(f"{path} was computed over another corpus than data.corpus: "
                           "run `jmlr utilities` again")
-    ordered = list(question_ids)
+    ordered, first = list(question_ids), cfg.jmlr.teacher_questions
     known, kept = set(ordered), set(ordered[:first] if first > 0 else ordered)
     rows = []
     for lineno, row in read_rows(path):

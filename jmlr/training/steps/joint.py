@@ -98,8 +98,7 @@ class JointStep(TrainingStep):
 
         assert self.data is not None
         rows = load_teacher_rows(path, self.cfg, self.by_id, self.data.passages,
-                                 self.data.corpus_fingerprint,
-                                 first=self.cfg.jmlr.teacher_questions)
+                                 self.data.corpus_fingerprint)
         for row in rows:
             self.cache.add(row["question_id"], row["passage_ids"], row["utilities"], row["baseline"])
         log.info("replay starts from the teacher's utilities of %d questions (%s)", len(rows), path)

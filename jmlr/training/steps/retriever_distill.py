@@ -69,8 +69,7 @@ class DistillStep(RetrieverStep):
         self.by_id = {q.id: q for q in self.data.train}
         path = teacher_path(self.cfg)
         rows = load_teacher_rows(path, self.cfg, self.by_id, self.data.passages,
-                                 self.data.corpus_fingerprint,
-                                 first=self.cfg.jmlr.teacher_questions)
+                                 self.data.corpus_fingerprint)
         rows = [r for r in rows if len(r["passage_ids"]) >= 2]      # one passage: no order
         if not rows:
             raise ConfigError(f"{path}: no question with two or more passages to order")
